@@ -1,0 +1,2 @@
+CREATE TABLE IF NOT EXISTS server_sessions ( user_id TEXT PRIMARY KEY, status TEXT NOT NULL CHECK(status IN ('gathering', 'recommending', 'selecting', 'ordering', 'completed')), collected_info TEXT, last_recommendation TEXT, messages TEXT, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, expires_at INTEGER NOT NULL );
+CREATE INDEX IF NOT EXISTS idx_server_sessions_expires ON server_sessions(expires_at);

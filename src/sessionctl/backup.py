@@ -1,0 +1,72 @@
+"""JSON Lines backups of ``server_sessions``: ``rollback`` writes them, ``sessions export`` too.
+
+One line per row, one object keyed by column name, holding the RAW stored values:
+JSON columns stay the text that was stored (even malformed text, byte for byte),
+times stay epoch milliseconds. Files are written to a temporary name, flushed to
+disk and renamed, so a backup is either complete or absent -- never half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Iterable
+
+from sessionctl.errors import BackupError
+from sessionctl.repository import COLUMNS, TABLE
+from sessionctl.targets.base import Database, Row
+
+DEFAULT_BACKUP_DIR = Path("backups")
+
+
+def default_backup_path(now: float | None = None) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    return DEFAULT_BACKUP_DIR / f"{TABLE}-{stamp}.jsonl"
+
+
+def encode_line(row: Row) -> str:
+    return json.dumps({column: row.get(column) for column in COLUMNS}, ensure_ascii=False) + "\n"
+
+
+def write_rows(rows: Iterable[Row], out: IO[str]) -> int:
+    """Write ``rows`` as JSON Lines to ``out``; return how many were written."""
+    count = 0
+    for row in rows:
+        out.write(encode_line(row))
+        count += 1
+    return count
+
+
+def iter_raw_rows(db: Database, where: str = "", params: tuple = ()) -> Iterable[Row]:
+    """Every row of server_sessions as stored, in primary-key order, streamed."""
+    sql = f"SELECT {', '.join(COLUMNS)} FROM {TABLE} {where} ORDER BY user_id"
+    return db.iter_query(sql, params)
+
+
+def write_backup_file(db: Database, path: Path) -> int:
+    """Write every row to ``path`` atomically; return the row count, checked against the file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise BackupError(f"cannot write backup {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+            written = write_rows(iter_raw_rows(db), out)
+            out.flush()
+            os.fsync(out.fileno())
+        with open(tmp_name, encoding="utf-8") as check:
+            on_disk = sum(1 for _ in check)
+        if on_disk != written:
+            raise BackupError(f"backup {path} holds {on_disk} rows, expected {written}")
+        os.replace(tmp_name, path)
+    except OSError as exc:
+        raise BackupError(f"cannot write backup {path}: {exc.strerror}") from None
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return written

@@ -1,0 +1,102 @@
+"""The Typer app: global options, the error handler, and the command modules joined up."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from sessionctl import __version__
+from sessionctl.cli.context import DEFAULT_DB, Settings
+from sessionctl.cli.errors import EXIT_CODES_HELP, report
+from sessionctl.errors import SessionctlError
+
+
+class _Group(TyperGroup):
+    """Turns every SessionctlError raised by a command into one line and its exit code."""
+
+    def invoke(self, ctx: typer.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except SessionctlError as error:
+            settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings()
+            raise typer.Exit(report(error, settings.debug)) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    help=f"Operate the bot's server_sessions table (migration 003).\n\n{EXIT_CODES_HELP}",
+    epilog=EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"sessionctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    db: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--db",
+            envvar="SESSIONCTL_DB",
+            help=f"SQLite database file [default: ./{DEFAULT_DB}]",
+            show_default=False,
+        ),
+    ] = None,
+    migrations_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            envvar="SESSIONCTL_MIGRATIONS_DIR",
+            help="Folder of *.sql migrations [default: the ones shipped with sessionctl]",
+            show_default=False,
+        ),
+    ] = None,
+    migrations_table: Annotated[
+        str, typer.Option(help="Ledger table (wrangler's migrations_table)")
+    ] = "d1_migrations",
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for a locked database", min=0)
+    ] = 5.0,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version"),
+    ] = False,
+) -> None:
+    """Operate the bot's server_sessions table (migration 003)."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="sessionctl: %(levelname)s: %(message)s",
+    )
+    ctx.obj = Settings(
+        db_path=db,
+        migrations_dir=migrations_dir,
+        migrations_table=migrations_table,
+        timeout=timeout,
+        debug=debug,
+    )
+
+
+def _register() -> None:
+    from sessionctl.cli import schema
+
+    schema.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    app(prog_name="sessionctl")

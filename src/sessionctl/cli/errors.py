@@ -1,0 +1,54 @@
+"""One map from sessionctl's exceptions to exit codes, and the one place they are printed."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+from sessionctl.errors import (
+    DatabaseUnavailableError,
+    MigrationsDirError,
+    RefusedError,
+    SessionctlError,
+    SQLError,
+    UsageError,
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # a check failed, or the data/migration rejected the operation
+EXIT_USAGE = 2  # bad usage, or a destructive command refused
+EXIT_DATABASE = 3  # the database could not be used
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok; 1 a check or operation failed; 2 usage error or refused; "
+    "3 the database could not be used (missing, not SQLite, corrupt, locked, read-only)."
+)
+
+_EXIT_CODES: tuple[tuple[type[SessionctlError], int], ...] = (
+    (DatabaseUnavailableError, EXIT_DATABASE),
+    (UsageError, EXIT_USAGE),
+    (RefusedError, EXIT_USAGE),
+    (MigrationsDirError, EXIT_USAGE),
+)
+
+
+def exit_code_for(error: SessionctlError) -> int:
+    for cls, code in _EXIT_CODES:
+        if isinstance(error, cls):
+            return code
+    return EXIT_FAILED
+
+
+def message_for(error: SessionctlError) -> str:
+    message = str(error)
+    if isinstance(error, SQLError) and "no such table: server_sessions" in message:
+        return "table server_sessions does not exist (migration 003 is not applied: run `sessionctl migrate`)"
+    return message
+
+
+def report(error: SessionctlError, debug: bool) -> int:
+    """Print ``error`` as one line on stderr (and the traceback with --debug); return its exit code."""
+    if debug:
+        traceback.print_exception(error, file=sys.stderr)
+    print(f"sessionctl: error: {message_for(error)}", file=sys.stderr)
+    return exit_code_for(error)

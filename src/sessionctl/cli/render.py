@@ -1,0 +1,90 @@
+"""The one renderer: rows to table, json, ndjson or csv; checks to ✓/✗ lines.
+
+rich is imported only when a table is drawn, so scripted (json/csv) runs and
+cron jobs never pay for it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from enum import Enum
+from typing import Any, Iterable, Sequence, TextIO
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    ndjson = "ndjson"
+    csv = "csv"
+
+
+def _dumps(value: Any, **kwargs: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str, **kwargs)
+
+
+def render_rows(
+    rows: Iterable[dict[str, Any]],
+    fmt: Format,
+    columns: Sequence[str],
+    *,
+    title: str | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Write ``rows`` in ``fmt``; json/ndjson/csv stream row by row. Returns the row count."""
+    out = out or sys.stdout
+    count = 0
+    if fmt is Format.json:
+        out.write("[")
+        for count, row in enumerate(rows, 1):
+            out.write(("\n  " if count == 1 else ",\n  ") + _dumps(row))
+        out.write("\n]\n" if count else "]\n")
+    elif fmt is Format.ndjson:
+        for count, row in enumerate(rows, 1):
+            out.write(_dumps(row) + "\n")
+    elif fmt is Format.csv:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        for count, row in enumerate(rows, 1):
+            writer.writerow(
+                _dumps(v) if isinstance(v, (dict, list)) else ("" if v is None else v)
+                for v in (row.get(c) for c in columns)
+            )
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+        for column in columns:
+            table.add_column(column)
+        for count, row in enumerate(rows, 1):
+            table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+        Console(file=out, soft_wrap=True).print(table)
+    out.flush()
+    return count
+
+
+def render_object(obj: dict[str, Any], out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    out.write(_dumps(obj, indent=2) + "\n")
+
+
+def _mark(ok: bool, out: TextIO) -> str:
+    symbol = "✓" if ok else "✗"
+    if out.isatty():
+        return f"\033[32m{symbol}\033[0m" if ok else f"\033[31m{symbol}\033[0m"
+    return symbol
+
+
+def render_checks(checks: Sequence[Any], fmt: Format, out: TextIO | None = None) -> None:
+    """``✓ name  detail`` lines, or ``{"ok": bool, "checks": [...]}`` in json."""
+    out = out or sys.stdout
+    if fmt in (Format.json, Format.ndjson):
+        render_object(
+            {"ok": all(c.ok for c in checks), "checks": [c.as_dict() for c in checks]}, out
+        )
+        return
+    width = max((len(c.name) for c in checks), default=0)
+    for check in checks:
+        out.write(f"{_mark(check.ok, out)} {check.name.ljust(width)}  {check.detail}\n")

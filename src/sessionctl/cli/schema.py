@@ -1,0 +1,143 @@
+"""migrate, status, verify, rollback: the schema's deploy / verify / revert steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sessionctl.cli.context import Settings
+from sessionctl.cli.options import DryRunOption, FormatOption, JsonOption, YesOption, chosen_format
+from sessionctl.cli.render import Format, render_checks, render_object, render_rows
+
+
+def migrate(
+    ctx: typer.Context,
+    dry_run: DryRunOption = False,
+) -> None:
+    """Apply pending migrations, each file with its ledger row in one transaction."""
+    from sessionctl.errors import DatabaseNotFoundError
+    from sessionctl.migrations import apply_migrations, pending_migrations, plan_statements
+
+    settings: Settings = ctx.obj
+    files = settings.migrations()
+    ledger = settings.ledger
+    if dry_run:
+        try:
+            db = settings.open()
+            pending = pending_migrations(db, files, ledger)
+        except DatabaseNotFoundError:
+            pending = files
+            print(f"-- {settings.db_path or 'the database'} does not exist; migrate would create it")
+        if not pending:
+            print("-- nothing to apply")
+        for migration in pending:
+            print(f"-- {migration.name} (one transaction)")
+            for statement in plan_statements(migration, ledger):
+                sql = statement.sql
+                for value in statement.params:
+                    sql = sql.replace("?", "'" + str(value).replace("'", "''") + "'", 1)
+                print(sql.rstrip(";") + ";")
+        return
+    db = settings.open(create=True)
+    done = 0
+    for outcome in apply_migrations(db, files, ledger):
+        done += 1
+        if outcome.outcome == "applied":
+            print(f"applied {outcome.name}")
+        else:
+            print(f"{outcome.name} was applied by another process meanwhile")
+    if not done:
+        print("nothing to apply: every migration is applied")
+
+
+def status(
+    ctx: typer.Context,
+    fmt: FormatOption = Format.table,
+    as_json: JsonOption = False,
+) -> None:
+    """Show each migration: applied (when), pending, modified, or applied-without-file."""
+    from sessionctl.migrations import migration_status
+
+    settings: Settings = ctx.obj
+    files = settings.migrations()
+    db = settings.open()
+    states = migration_status(db, files, settings.ledger)
+    rows = [
+        {"name": s.name, "state": s.state, "applied_at": s.applied_at, "detail": s.detail}
+        for s in states
+    ]
+    render_rows(rows, chosen_format(fmt, as_json), ["name", "state", "applied_at", "detail"])
+
+
+def verify(
+    ctx: typer.Context,
+    fmt: FormatOption = Format.table,
+    as_json: JsonOption = False,
+) -> None:
+    """Prove table, columns, status CHECK, expires_at index and ledger; exit 1 if any is wrong."""
+    from sessionctl.checks import run_checks
+
+    settings: Settings = ctx.obj
+    migration = settings.sessions_migration()
+    db = settings.open()
+    checks = run_checks(db, migration, settings.ledger)
+    render_checks(checks, chosen_format(fmt, as_json))
+    if not all(check.ok for check in checks):
+        raise typer.Exit(1)
+
+
+def rollback(
+    ctx: typer.Context,
+    yes: YesOption = False,
+    dry_run: DryRunOption = False,
+    backup: Annotated[
+        Optional[Path],
+        typer.Option(help="Backup file [default: ./backups/server_sessions-<UTC time>.jsonl]"),
+    ] = None,
+    no_backup: Annotated[
+        bool, typer.Option("--no-backup", help="Drop without writing a backup first")
+    ] = False,
+) -> None:
+    """Back up every session, then run the seed's rollback (drop table and index, unrecord 003)."""
+    from sessionctl.backup import default_backup_path
+    from sessionctl.cli.context import confirm_or_refuse
+    from sessionctl.errors import UsageError
+    from sessionctl.rollback import MIGRATION_NAME, plan_rollback, rollback_sessions_migration
+
+    if backup is not None and no_backup:
+        raise UsageError("--backup and --no-backup cannot be used together")
+    settings: Settings = ctx.obj
+    db = settings.open()
+    plan = plan_rollback(db, settings.ledger)
+    if not plan.needed:
+        print(f"nothing to roll back: no server_sessions table and {MIGRATION_NAME} is not in the ledger")
+        return
+    backup_path = None if no_backup else (backup or default_backup_path())
+    if dry_run:
+        if plan.table_exists:
+            where = f"to {backup_path}" if backup_path else "(no backup: --no-backup)"
+            print(f"would back up {plan.rows} rows {where}")
+        print("would run, in one transaction:")
+        for statement in plan.statements:
+            print(f"  {statement.sql};" + (f"  -- {list(statement.params)}" if statement.params else ""))
+        return
+    confirm_or_refuse(
+        f"Drop server_sessions ({plan.rows} rows) in {db.description}?"
+        + (f" A backup is written to {backup_path} first." if backup_path else " NO backup is written."),
+        yes,
+        "rollback refused, nothing was dropped",
+    )
+    outcome = rollback_sessions_migration(db, plan, backup_path)
+    if outcome.backup_path is not None:
+        print(f"backed up {outcome.rows_backed_up} rows to {outcome.backup_path}")
+    print(f"rolled back {MIGRATION_NAME}: dropped server_sessions and idx_server_sessions_expires"
+          + (", removed its ledger row" if plan.in_ledger else ""))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(migrate)
+    app.command()(status)
+    app.command()(verify)
+    app.command()(rollback)
