@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import IO, Iterable
 
-from sessionctl.errors import BackupError
-from sessionctl.repository import COLUMNS, TABLE
+from sessionctl.errors import BackupError, ImportValidationError
+from sessionctl.repository import COLUMNS, TABLE, raw_row_problem
 from sessionctl.targets.base import Database, Row
 
 DEFAULT_BACKUP_DIR = Path("backups")
@@ -46,8 +46,17 @@ def iter_raw_rows(db: Database, where: str = "", params: tuple = ()) -> Iterable
     return db.iter_query(sql, params)
 
 
-def write_backup_file(db: Database, path: Path) -> int:
-    """Write every row to ``path`` atomically; return the row count, checked against the file."""
+def where_state(state: str, now: int) -> tuple[str, tuple]:
+    """The WHERE clause for --active / --expired / --all."""
+    if state == "active":
+        return "WHERE expires_at > ?", (now,)
+    if state == "expired":
+        return "WHERE expires_at <= ?", (now,)
+    return "", ()
+
+
+def write_backup_file(db: Database, path: Path, where: str = "", params: tuple = ()) -> int:
+    """Write the rows to ``path`` atomically; return the row count, checked against the file."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +65,7 @@ def write_backup_file(db: Database, path: Path) -> int:
         raise BackupError(f"cannot write backup {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
-            written = write_rows(iter_raw_rows(db), out)
+            written = write_rows(iter_raw_rows(db, where, params), out)
             out.flush()
             os.fsync(out.fileno())
         with open(tmp_name, encoding="utf-8") as check:
@@ -70,3 +79,32 @@ def write_backup_file(db: Database, path: Path) -> int:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
     return written
+
+
+def validate_lines(lines: Iterable[str], source: str) -> int:
+    """Check every line is a storable row; raise naming the first bad line. Returns the row count."""
+    seen: dict[str, int] = {}
+    count = 0
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise ImportValidationError(
+                f"{source}:{lineno}: not valid JSON ({getattr(exc, 'msg', exc)}); nothing was imported"
+            ) from None
+        problem = raw_row_problem(row)
+        if problem is None and row["user_id"] in seen:
+            problem = f"user_id {row['user_id']!r} also on line {seen[row['user_id']]}"
+        if problem is not None:
+            raise ImportValidationError(f"{source}:{lineno}: {problem}; nothing was imported")
+        seen[row["user_id"]] = lineno
+        count += 1
+    return count
+
+
+def parse_lines(lines: Iterable[str]) -> Iterable[Row]:
+    for line in lines:
+        if line.strip():
+            yield json.loads(line)

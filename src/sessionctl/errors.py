@@ -105,3 +105,11 @@ class UsageError(SessionctlError):
 
 class RefusedError(SessionctlError):
     """A destructive command was not confirmed."""
+
+
+class ImportValidationError(SessionctlError):
+    """A line of an import file is not a valid server_sessions row; nothing was written."""
+
+
+class SmokeFailedError(SessionctlError):
+    pass

@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from sessionctl.errors import ConstraintError, InvalidSessionError
-from sessionctl.targets.base import Database, Row
+from sessionctl.targets.base import Database, Row, Statement
 
 logger = logging.getLogger("sessionctl.repository")
 
@@ -252,3 +252,227 @@ def count_expired_sessions(db: Database, *, now: int | None = None) -> int:
     """How many sessions cleanup would delete at ``now``."""
     rows = db.query(f"SELECT count(*) AS n FROM {TABLE} WHERE expires_at <= ?", (_now(now),))
     return rows[0]["n"]
+
+
+# -- the operator's queries (sessionctl sessions ...) ----------------------------------
+#
+# Raw rows: JSON columns as their stored text, times as epoch ms. Listing walks
+# an index (the primary key, or idx_server_sessions_expires) and pages by keyset,
+# so a page of 50 never scans a table of a million rows.
+
+SORT_COLUMNS = {
+    "expires": "expires_at",  # index-backed (idx_server_sessions_expires)
+    "user": "user_id",  # index-backed (primary key)
+    "updated": "updated_at",  # no index: a top-N sort over the matching rows
+    "created": "created_at",  # no index: a top-N sort over the matching rows
+}
+STATES = ("active", "expired", "all")
+
+
+@dataclass(frozen=True)
+class SessionQuery:
+    """What ``sessions list`` asks for. ``after`` is the (sort value, user_id) of the last row seen."""
+
+    statuses: tuple[str, ...] = ()
+    state: str = "active"
+    user_pattern: str | None = None
+    limit: int | None = 50
+    sort: str = "expires"
+    desc: bool = False
+    after: tuple[Any, str] | None = None
+
+
+def _prefix_upper_bound(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix``."""
+    while prefix:
+        last = ord(prefix[-1])
+        if last < 0x10FFFF:
+            return prefix[:-1] + chr(last + 1)
+        prefix = prefix[:-1]
+    return None
+
+
+def _user_filter(pattern: str) -> tuple[str, list[Any]]:
+    """A glob (``*``, ``?``, ``[``) matches with GLOB; anything else is a prefix, as a key range.
+
+    Never LIKE: ``%`` and ``_`` are ordinary characters in user ids.
+    """
+    if any(ch in pattern for ch in "*?["):
+        return "user_id GLOB ?", [pattern]
+    upper = _prefix_upper_bound(pattern)
+    if upper is None:
+        return "user_id >= ?", [pattern]
+    return "user_id >= ? AND user_id < ?", [pattern, upper]
+
+
+def build_list_query(query: SessionQuery, now: int) -> tuple[str, list[Any]]:
+    """The SQL ``list_sessions`` runs (exposed so tests can EXPLAIN it)."""
+    if query.sort not in SORT_COLUMNS:
+        raise ValueError(f"unknown sort {query.sort!r}: use one of {', '.join(SORT_COLUMNS)}")
+    if query.state not in STATES:
+        raise ValueError(f"unknown state {query.state!r}: use one of {', '.join(STATES)}")
+    unknown = [s for s in query.statuses if s not in STATUSES]
+    if unknown:
+        raise InvalidSessionError(
+            f"unknown status {unknown[0]!r}: must be one of {', '.join(STATUSES)}"
+        )
+    where: list[str] = []
+    params: list[Any] = []
+    if query.state == "active":
+        where.append("expires_at > ?")
+        params.append(now)
+    elif query.state == "expired":
+        where.append("expires_at <= ?")
+        params.append(now)
+    if query.statuses:
+        where.append(f"status IN ({', '.join('?' for _ in query.statuses)})")
+        params.extend(query.statuses)
+    if query.user_pattern:
+        clause, values = _user_filter(query.user_pattern)
+        where.append(clause)
+        params.extend(values)
+    column = SORT_COLUMNS[query.sort]
+    direction = "DESC" if query.desc else "ASC"
+    if query.after is not None:
+        value, user_id = query.after
+        op = "<" if query.desc else ">"
+        if column == "user_id":
+            where.append(f"user_id {op} ?")
+            params.append(user_id)
+        else:
+            # Written so the range on `column` can still use its index.
+            where.append(f"{column} {op}= ? AND ({column} {op} ? OR user_id {op} ?)")
+            params.extend([value, value, user_id])
+    order = "user_id" if column == "user_id" else f"{column} {direction}, user_id"
+    sql = f"SELECT {_SELECT_COLUMNS} FROM {TABLE}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY {order} {direction}"
+    if query.limit is not None:
+        sql += " LIMIT ?"
+        params.append(query.limit)
+    return sql, params
+
+
+def list_sessions(db: Database, query: SessionQuery, *, now: int | None = None) -> Iterator[Row]:
+    """Stream raw rows matching ``query`` (live and/or expired), one page of it."""
+    sql, params = build_list_query(query, _now(now))
+    return db.iter_query(sql, params)
+
+
+def cursor_for(row: Row, sort: str) -> tuple[Any, str]:
+    """The keyset position just after ``row`` for the next page."""
+    return (row[SORT_COLUMNS[sort]], row["user_id"])
+
+
+def find_session_row(db: Database, user_id: str) -> Row | None:
+    """The raw row of ``user_id``, expired or not (the agent's ``get`` hides expired ones)."""
+    rows = db.query(f"SELECT {_SELECT_COLUMNS} FROM {TABLE} WHERE user_id = ?", (user_id,))
+    return rows[0] if rows else None
+
+
+def delete_sessions(db: Database, user_ids: list[str]) -> list[str]:
+    """Delete these users' sessions in one transaction; return the ids that existed."""
+    chunks = [user_ids[i : i + 90] for i in range(0, len(user_ids), 90)]  # D1: <= 100 params
+    results = db.batch(
+        Statement(
+            f"DELETE FROM {TABLE} WHERE user_id IN ({', '.join('?' for _ in chunk)}) RETURNING user_id",
+            tuple(chunk),
+        )
+        for chunk in chunks
+    )
+    deleted = {row["user_id"] for result in results for row in result.rows}
+    return [user_id for user_id in dict.fromkeys(user_ids) if user_id in deleted]
+
+
+@dataclass
+class SessionStats:
+    total: int
+    active: int
+    expired: int
+    by_status: dict[str, int]
+    oldest_created_at: int | None
+    newest_updated_at: int | None
+    expiring_within_5m: int
+    expiring_within_60m: int
+    size_bytes: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def session_stats(db: Database, *, now: int | None = None) -> SessionStats:
+    """Counts by status, live vs expired, what expires soon, oldest/newest, size."""
+    at = _now(now)
+    by_status = {status: 0 for status in STATUSES}
+    for row in db.query(f"SELECT status, count(*) AS n FROM {TABLE} GROUP BY status"):
+        by_status[row["status"]] = row["n"]
+    overall = db.query(
+        f"SELECT count(*) AS total, min(created_at) AS oldest, max(updated_at) AS newest FROM {TABLE}"
+    )[0]
+    # Three range counts on the expires_at index.
+    soon = db.query(
+        f"SELECT (SELECT count(*) FROM {TABLE} WHERE expires_at > ?) AS active,"
+        f" (SELECT count(*) FROM {TABLE} WHERE expires_at > ? AND expires_at <= ?) AS in5,"
+        f" (SELECT count(*) FROM {TABLE} WHERE expires_at > ? AND expires_at <= ?) AS in60",
+        (at, at, at + 5 * 60_000, at, at + 60 * 60_000),
+    )[0]
+    return SessionStats(
+        total=overall["total"],
+        active=soon["active"],
+        expired=overall["total"] - soon["active"],
+        by_status=by_status,
+        oldest_created_at=overall["oldest"],
+        newest_updated_at=overall["newest"],
+        expiring_within_5m=soon["in5"],
+        expiring_within_60m=soon["in60"],
+        size_bytes=db.size_bytes(),
+    )
+
+
+# -- raw rows in and out (export / import / rollback backups) ---------------------------
+
+CONFLICT_POLICIES = ("skip", "replace", "newer")
+
+_UPDATE_ALL = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "user_id")
+_IMPORT_SQL = {
+    "skip": f"INSERT INTO {TABLE} ({_SELECT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(user_id) DO NOTHING",
+    "replace": f"INSERT INTO {TABLE} ({_SELECT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    f"ON CONFLICT(user_id) DO UPDATE SET {_UPDATE_ALL}",
+    "newer": f"INSERT INTO {TABLE} ({_SELECT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    f"ON CONFLICT(user_id) DO UPDATE SET {_UPDATE_ALL} "
+    f"WHERE excluded.updated_at > {TABLE}.updated_at",
+}
+
+
+def raw_row_problem(row: Any) -> str | None:
+    """Why ``row`` cannot be stored as a server_sessions row, or None if it can."""
+    if not isinstance(row, dict):
+        return "not a JSON object"
+    unknown = [key for key in row if key not in COLUMNS]
+    if unknown:
+        return f"unknown column {unknown[0]!r}"
+    user_id = row.get("user_id")
+    if not isinstance(user_id, str) or not user_id:
+        return "user_id must be a non-empty string"
+    if row.get("status") not in STATUSES:
+        return f"status {row.get('status')!r} is not one of {', '.join(STATUSES)}"
+    for column in TIME_COLUMNS:
+        value = row.get(column)
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"{column} must be an integer (epoch ms), got {value!r}"
+    for column in JSON_COLUMNS:
+        if not isinstance(row.get(column), (str, type(None))):
+            return f"{column} must be the stored JSON text (a string) or null"
+    return None
+
+
+def import_session_rows(db: Database, rows: Iterable[Row], on_conflict: str = "skip") -> tuple[int, int]:
+    """Write validated raw rows in ONE transaction; return (written, skipped)."""
+    if on_conflict not in CONFLICT_POLICIES:
+        raise ValueError(f"on_conflict must be one of {', '.join(CONFLICT_POLICIES)}")
+    sql = _IMPORT_SQL[on_conflict]
+    results = db.batch(Statement(sql, tuple(row.get(c) for c in COLUMNS)) for row in rows)
+    written = sum(1 for result in results if result.changes)
+    return written, len(results) - written

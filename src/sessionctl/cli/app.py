@@ -90,9 +90,11 @@ def main_options(
 
 
 def _register() -> None:
-    from sessionctl.cli import schema
+    from sessionctl.cli import checks, schema, sessions
 
     schema.register(app)
+    checks.register(app)
+    app.add_typer(sessions.app, name="sessions")
 
 
 _register()

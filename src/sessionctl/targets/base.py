@@ -10,7 +10,7 @@ and batches that commit as one transaction. There is no open-ended
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 Row = dict[str, Any]
 
@@ -40,8 +40,14 @@ class Database(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
         """Run one write statement in its own short transaction."""
 
-    def batch(self, statements: Sequence[Statement]) -> list[Result]:
-        """Run statements as ONE transaction: all commit, or none does."""
+    def batch(self, statements: Iterable[Statement]) -> list[Result]:
+        """Run statements as ONE transaction: all commit, or none does.
+
+        ``statements`` may be a generator, so a large import streams into it.
+        """
+
+    def reopen(self) -> "Database":
+        """A second, independent connection to the same target (for concurrent work)."""
 
     def size_bytes(self) -> int | None:
         """The database's size on disk, when the target knows it."""

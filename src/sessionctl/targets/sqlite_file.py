@@ -13,7 +13,7 @@ import os
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 from urllib.parse import quote
 
 from sessionctl.errors import (
@@ -97,7 +97,7 @@ class SqliteFileDatabase:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
         return self.batch([Statement(sql, tuple(params))])[0]
 
-    def batch(self, statements: Sequence[Statement]) -> list[Result]:
+    def batch(self, statements: Iterable[Statement]) -> list[Result]:
         results: list[Result] = []
         with self._translated():
             self.conn.execute("BEGIN IMMEDIATE")
@@ -124,6 +124,9 @@ class SqliteFileDatabase:
             except OSError:
                 pass
         return total
+
+    def reopen(self) -> "SqliteFileDatabase":
+        return open_sqlite_file(self.path, timeout=self.timeout, description=self.description)
 
     def close(self) -> None:
         self.conn.close()

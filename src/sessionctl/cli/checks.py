@@ -1,0 +1,86 @@
+"""smoke and deploy: the seed's testing checklist against a real target, and the whole rollout."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from sessionctl.cli.context import SESSIONS_MIGRATION, Settings
+from sessionctl.cli.options import FormatOption, JsonOption, chosen_format
+from sessionctl.cli.render import Format, render_checks
+
+
+def smoke(
+    ctx: typer.Context,
+    fmt: FormatOption = Format.table,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the seed's testing checklist (create, get, status flow, expiry, concurrency, delete)."""
+    from sessionctl.smoke import run_smoke
+
+    settings: Settings = ctx.obj
+    db = settings.open()
+    checks = run_smoke(db)
+    render_checks(checks, chosen_format(fmt, as_json))
+    if not all(check.ok for check in checks):
+        raise typer.Exit(1)
+
+
+def deploy(
+    ctx: typer.Context,
+    rollback_on_failure: Annotated[
+        bool,
+        typer.Option(help="If verify or smoke fails, roll back (with a backup) what this run applied"),
+    ] = False,
+) -> None:
+    """migrate → verify → smoke, stopping at the first failure (exit 1)."""
+    from sessionctl.checks import run_checks
+    from sessionctl.migrations import apply_migrations
+    from sessionctl.smoke import run_smoke
+
+    settings: Settings = ctx.obj
+    files = settings.migrations()
+    migration = settings.sessions_migration()
+    db = settings.open(create=True)
+
+    print("== migrate")
+    applied = []
+    for outcome in apply_migrations(db, files, settings.ledger):
+        print(f"applied {outcome.name}" if outcome.outcome == "applied"
+              else f"{outcome.name} was applied by another process meanwhile")
+        if outcome.outcome == "applied":
+            applied.append(outcome.name)
+    if not applied:
+        print("nothing to apply: every migration is applied")
+
+    for step, run in (("verify", lambda: run_checks(db, migration, settings.ledger)),
+                      ("smoke", lambda: run_smoke(db))):
+        print(f"== {step}")
+        checks = run()
+        render_checks(checks, Format.table)
+        if not all(check.ok for check in checks):
+            print(f"deploy stopped: {step} failed")
+            if rollback_on_failure and SESSIONS_MIGRATION in applied:
+                _roll_back(db, settings)
+            elif rollback_on_failure:
+                print(f"not rolling back: this run did not apply {SESSIONS_MIGRATION}")
+            raise typer.Exit(1)
+    print("deploy ok: migrated, verified, smoke-tested")
+
+
+def _roll_back(db, settings: Settings) -> None:
+    from sessionctl.backup import default_backup_path
+    from sessionctl.rollback import plan_rollback, rollback_sessions_migration
+
+    print("== rollback (--rollback-on-failure)")
+    plan = plan_rollback(db, settings.ledger)
+    outcome = rollback_sessions_migration(db, plan, default_backup_path())
+    if outcome.backup_path is not None:
+        print(f"backed up {outcome.rows_backed_up} rows to {outcome.backup_path}")
+    print(f"rolled back {SESSIONS_MIGRATION}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(smoke)
+    app.command()(deploy)

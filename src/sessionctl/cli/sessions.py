@@ -1,0 +1,354 @@
+"""sessions list / show / stats / cleanup / delete / export / import."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Iterator, List, Optional
+
+import typer
+
+from sessionctl.cli.context import Settings, confirm_or_refuse
+from sessionctl.cli.options import DryRunOption, FormatOption, JsonOption, YesOption, chosen_format
+from sessionctl.cli.render import Format, render_object, render_rows
+from sessionctl.errors import UsageError
+
+app = typer.Typer(help="Inspect and purge sessions (through the repository module).", no_args_is_help=True)
+
+TABLE_COLUMNS = ["user_id", "status", "messages", "updated", "expires"]
+StateActive = Annotated[bool, typer.Option("--active", help="Only live sessions (expires_at > now)")]
+StateExpired = Annotated[bool, typer.Option("--expired", help="Only expired sessions")]
+StateAll = Annotated[bool, typer.Option("--all", help="Live and expired sessions")]
+
+
+def _state(active: bool, expired: bool, every: bool, default: str) -> str:
+    chosen = [name for name, on in (("active", active), ("expired", expired), ("all", every)) if on]
+    if len(chosen) > 1:
+        raise UsageError(f"choose one of --active, --expired, --all (got --{' --'.join(chosen)})")
+    return chosen[0] if chosen else default
+
+
+def _decoded(row: dict[str, Any]) -> dict[str, Any]:
+    """A raw row with its JSON columns decoded; a malformed value stays its raw text."""
+    from sessionctl.repository import JSON_COLUMNS
+
+    out = dict(row)
+    for column in JSON_COLUMNS:
+        text = row.get(column)
+        if text is not None:
+            try:
+                out[column] = json.loads(text)
+            except ValueError:
+                out[column] = text
+    return out
+
+
+def _message_count(messages: Any) -> str:
+    return str(len(messages)) if isinstance(messages, list) else "?"
+
+
+def _table_row(row: dict[str, Any], now: int) -> dict[str, Any]:
+    from sessionctl.cli.timefmt import ago, expires
+
+    return {
+        "user_id": row["user_id"],
+        "status": row["status"],
+        "messages": _message_count(row["messages"]),
+        "updated": ago(row["updated_at"], now),
+        "expires": expires(row["expires_at"], now),
+    }
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    status: Annotated[Optional[List[str]], typer.Option("--status", "-s", help="Only this status (repeatable)")] = None,
+    active: StateActive = False,
+    expired: StateExpired = False,
+    every: StateAll = False,
+    user: Annotated[Optional[str], typer.Option("--user", help="user_id prefix, or a glob (* ? [])")] = None,
+    limit: Annotated[int, typer.Option(help="At most N rows; 0 for no limit", min=0)] = 50,
+    after: Annotated[Optional[str], typer.Option(help="Start after this user_id (keyset pagination)")] = None,
+    cursor: Annotated[Optional[str], typer.Option(help="Continue from the cursor printed by the last page")] = None,
+    sort: Annotated[str, typer.Option(help="expires | user | updated | created")] = "expires",
+    desc: Annotated[bool, typer.Option("--desc", help="Sort descending")] = False,
+    fmt: FormatOption = Format.table,
+    as_json: JsonOption = False,
+) -> None:
+    """List sessions (default: live ones, soonest to expire first, 50 at a time)."""
+    from sessionctl.repository import SORT_COLUMNS, SessionQuery, cursor_for, find_session_row, list_sessions, now_ms
+
+    settings: Settings = ctx.obj
+    if sort not in SORT_COLUMNS:
+        raise UsageError(f"unknown --sort {sort!r}: use one of {', '.join(SORT_COLUMNS)}")
+    from sessionctl.repository import STATUSES
+
+    unknown = [s for s in status or () if s not in STATUSES]
+    if unknown:
+        raise UsageError(f"unknown --status {unknown[0]!r}: use one of {', '.join(STATUSES)}")
+    if after is not None and cursor is not None:
+        raise UsageError("--after and --cursor cannot be used together")
+    fmt = chosen_format(fmt, as_json)
+    db = settings.open()
+    now = now_ms()
+    position = None
+    if cursor is not None:
+        position = _parse_cursor(cursor, sort)
+    elif after is not None:
+        row = find_session_row(db, after)
+        if row is None:
+            raise UsageError(f"--after {after!r}: no session with that user_id (use --cursor to page past deleted rows)")
+        position = cursor_for(row, sort)
+    query = SessionQuery(
+        statuses=tuple(status or ()),
+        state=_state(active, expired, every, "active"),
+        user_pattern=user,
+        limit=limit or None,
+        sort=sort,
+        desc=desc,
+        after=position,
+    )
+    last: list[dict[str, Any]] = []
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for row in list_sessions(db, query, now=now):
+            last[:] = [row]
+            decoded = _decoded(row)
+            yield _table_row(decoded, now) if fmt is Format.table else decoded
+
+    from sessionctl.repository import COLUMNS
+
+    count = render_rows(rows(), fmt, TABLE_COLUMNS if fmt is Format.table else list(COLUMNS))
+    if limit and count == limit and last:
+        value, user_id = cursor_for(last[0], sort)
+        token = f"{'' if sort == 'user' else value}:{user_id}"
+        print(f"sessionctl: more rows may follow: --cursor {shlex.quote(token)}", file=sys.stderr)
+
+
+def _parse_cursor(token: str, sort: str) -> tuple[Any, str]:
+    value, sep, user_id = token.partition(":")
+    if not sep or not user_id:
+        raise UsageError(f"--cursor {token!r} is not a cursor printed by sessions list")
+    if sort == "user":
+        return (None, user_id)
+    try:
+        return (int(value), user_id)
+    except ValueError:
+        raise UsageError(f"--cursor {token!r} does not fit --sort {sort}") from None
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    user_id: Annotated[str, typer.Argument(help="The session's user_id")],
+    fmt: FormatOption = Format.table,
+    as_json: JsonOption = False,
+) -> None:
+    """Show every field of one session, expired or not."""
+    from sessionctl.errors import SessionNotFoundError
+    from sessionctl.repository import JSON_COLUMNS, find_session_row, now_ms
+
+    settings: Settings = ctx.obj
+    db = settings.open()
+    row = find_session_row(db, user_id)
+    if row is None:
+        raise SessionNotFoundError(f"no session for user_id {user_id!r}")
+    decoded = _decoded(row)
+    if chosen_format(fmt, as_json) is not Format.table:
+        render_object(decoded)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from sessionctl.cli.timefmt import absolute, ago, expires
+
+    now = now_ms()
+    expired = row["expires_at"] <= now
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("user_id", row["user_id"])
+    grid.add_row("status", row["status"] + ("  [bold red]EXPIRED[/]" if expired else ""))
+    grid.add_row("created", f"{absolute(row['created_at'])}  ({ago(row['created_at'], now)})")
+    grid.add_row("updated", f"{absolute(row['updated_at'])}  ({ago(row['updated_at'], now)})")
+    grid.add_row("expires", f"{absolute(row['expires_at'])}  ({expires(row['expires_at'], now)})")
+    for column in JSON_COLUMNS:
+        text = row[column]
+        if text is None:
+            shown = "null"
+        elif decoded[column] is text:  # did not decode: show it raw, flagged
+            shown = f"{text}\n[bold red]MALFORMED JSON[/] (shown raw)"
+        else:
+            shown = json.dumps(decoded[column], ensure_ascii=False, indent=2)
+        grid.add_row(column, shown)
+    messages = decoded["messages"]
+    if isinstance(messages, list):
+        grid.add_row("message count", str(len(messages)))
+        if messages:
+            grid.add_row("last message", json.dumps(messages[-1], ensure_ascii=False))
+    Console(soft_wrap=False, highlight=False).print(grid)
+
+
+@app.command()
+def stats(
+    ctx: typer.Context,
+    fmt: FormatOption = Format.table,
+    as_json: JsonOption = False,
+) -> None:
+    """Session analytics: counts by status, live vs expired, what expires soon, size."""
+    from sessionctl.repository import now_ms, session_stats
+
+    settings: Settings = ctx.obj
+    db = settings.open()
+    now = now_ms()
+    result = session_stats(db, now=now)
+    if chosen_format(fmt, as_json) is not Format.table:
+        render_object(result.as_dict())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from sessionctl.cli.timefmt import absolute, ago
+
+    console = Console(highlight=False)
+    widest = max(result.by_status.values(), default=0) or 1
+    chart = Table.grid(padding=(0, 1))
+    for _ in range(3):
+        chart.add_column()
+    for status, count in result.by_status.items():
+        bar = "█" * round(30 * count / widest) if count else ""
+        chart.add_row(status, f"[cyan]{bar}[/]", str(count))
+    console.print(chart)
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    facts.add_row("rows", f"{result.total} ({result.active} active, {result.expired} expired)")
+    facts.add_row("expiring", f"{result.expiring_within_5m} within 5 min, {result.expiring_within_60m} within 60 min")
+    facts.add_row("oldest created", f"{absolute(result.oldest_created_at)} ({ago(result.oldest_created_at, now)})" if result.oldest_created_at else "-")
+    facts.add_row("newest update", f"{absolute(result.newest_updated_at)} ({ago(result.newest_updated_at, now)})" if result.newest_updated_at else "-")
+    if result.size_bytes is not None:
+        facts.add_row("database size", f"{result.size_bytes / 1024:.1f} KiB")
+    console.print(facts)
+
+
+@app.command()
+def cleanup(
+    ctx: typer.Context,
+    batch_size: Annotated[int, typer.Option(help="Rows per transaction", min=1)] = 500,
+    dry_run: DryRunOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No output (for cron)")] = False,
+) -> None:
+    """Delete expired sessions (expires_at <= now) in short batches; safe to run from cron."""
+    from sessionctl.repository import cleanup_expired_sessions, count_expired_sessions, now_ms
+
+    settings: Settings = ctx.obj
+    settings.quiet = settings.quiet or quiet
+    db = settings.open()
+    now = now_ms()
+    expired = count_expired_sessions(db, now=now)
+    if dry_run:
+        if not quiet:
+            print(f"would delete {expired} expired sessions (dry run, nothing deleted)")
+        return
+    if expired > batch_size and not quiet and sys.stderr.isatty():
+        from rich.progress import Progress
+
+        with Progress(transient=True) as progress:
+            task = progress.add_task("deleting expired sessions", total=expired)
+            deleted = cleanup_expired_sessions(
+                db, now=now, batch_size=batch_size, on_batch=lambda n: progress.advance(task, n)
+            )
+    else:
+        deleted = cleanup_expired_sessions(db, now=now, batch_size=batch_size)
+    if not quiet:
+        print(f"deleted {deleted} expired sessions")
+
+
+@app.command()
+def delete(
+    ctx: typer.Context,
+    user_ids: Annotated[List[str], typer.Argument(help="user_id of each session to delete")],
+    yes: YesOption = False,
+) -> None:
+    """Delete these users' sessions, live or expired (asks first, or --yes)."""
+    from sessionctl.repository import delete_sessions
+
+    settings: Settings = ctx.obj
+    db = settings.open()
+    confirm_or_refuse(
+        f"Delete {len(user_ids)} session(s) ({', '.join(user_ids[:5])}{', ...' if len(user_ids) > 5 else ''}) in {db.description}?",
+        yes,
+        "delete refused, nothing was deleted",
+    )
+    deleted = delete_sessions(db, user_ids)
+    for user_id in deleted:
+        print(f"deleted {user_id}")
+    missing = [u for u in dict.fromkeys(user_ids) if u not in set(deleted)]
+    for user_id in missing:
+        print(f"not found {user_id}")
+    print(f"{len(deleted)} deleted, {len(missing)} not found")
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    output: Annotated[str, typer.Option("--output", "-o", help="File to write, or - for stdout")] = "-",
+    active: StateActive = False,
+    expired: StateExpired = False,
+    every: StateAll = False,
+) -> None:
+    """Write sessions as JSON Lines with raw column values (the rollback backup format)."""
+    from sessionctl.backup import iter_raw_rows, where_state, write_backup_file, write_rows
+    from sessionctl.repository import now_ms
+
+    settings: Settings = ctx.obj
+    where, params = where_state(_state(active, expired, every, "all"), now_ms())
+    db = settings.open()
+    if output == "-":
+        write_rows(iter_raw_rows(db, where, params), sys.stdout)
+        sys.stdout.flush()
+        return
+    count = write_backup_file(db, Path(output), where, params)
+    print(f"exported {count} sessions to {output}", file=sys.stderr)
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    file: Annotated[str, typer.Argument(help="JSON Lines file (as written by export or rollback), or -")],
+    on_conflict: Annotated[str, typer.Option(help="skip | replace | newer (keep the larger updated_at)")] = "skip",
+) -> None:
+    """Import sessions: every line is validated first; then all rows go in one transaction."""
+    from sessionctl.backup import parse_lines, validate_lines
+    from sessionctl.repository import CONFLICT_POLICIES, import_session_rows
+
+    if on_conflict not in CONFLICT_POLICIES:
+        raise UsageError(f"unknown --on-conflict {on_conflict!r}: use one of {', '.join(CONFLICT_POLICIES)}")
+    settings: Settings = ctx.obj
+    if file == "-":
+        lines = sys.stdin.read().splitlines()
+        source = "<stdin>"
+        reread = lambda: iter(lines)  # noqa: E731
+    else:
+        path = Path(file)
+        source = str(path)
+        try:
+            with path.open(encoding="utf-8") as handle:
+                handle.read(0)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+        def reread() -> Iterator[str]:
+            with path.open(encoding="utf-8") as handle:
+                yield from handle
+
+    db = settings.open()
+    try:
+        count = validate_lines(reread(), source)
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"cannot read {source}: not UTF-8 ({exc.reason})") from None
+    written, skipped = import_session_rows(db, parse_lines(reread()), on_conflict)
+    print(f"imported {written} of {count} sessions from {source}"
+          + (f" ({skipped} skipped: on-conflict {on_conflict})" if skipped else ""))
