@@ -30,3 +30,6 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .hypothesis
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py

@@ -113,3 +113,7 @@ class ImportValidationError(SessionctlError):
 
 class SmokeFailedError(SessionctlError):
     pass
+
+
+class WranglerConfigError(SessionctlError):
+    """The wrangler config is missing, malformed, or has no usable D1 binding."""

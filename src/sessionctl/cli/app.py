@@ -51,9 +51,28 @@ def main_options(
         typer.Option(
             "--db",
             envvar="SESSIONCTL_DB",
-            help=f"SQLite database file [default: ./{DEFAULT_DB}]",
+            help=f"SQLite database file [default: wrangler's local D1 in a wrangler project, else ./{DEFAULT_DB}]",
             show_default=False,
         ),
+    ] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Option("--config", "-c", help="wrangler.toml / .json / .jsonc [default: found upward from here]",
+                     show_default=False),
+    ] = None,
+    database: Annotated[
+        Optional[str],
+        typer.Option("--database", help="D1 binding or database_name [default: the only one, else DB]",
+                     show_default=False),
+    ] = None,
+    env: Annotated[
+        Optional[str], typer.Option("--env", "-e", help="wrangler environment (reads env.NAME.d1_databases)")
+    ] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="wrangler's local D1 state (the default in a wrangler project)")
+    ] = False,
+    persist_to: Annotated[
+        Optional[Path], typer.Option("--persist-to", help="wrangler's --persist-to folder", show_default=False)
     ] = None,
     migrations_dir: Annotated[
         Optional[Path],
@@ -64,8 +83,10 @@ def main_options(
         ),
     ] = None,
     migrations_table: Annotated[
-        str, typer.Option(help="Ledger table (wrangler's migrations_table)")
-    ] = "d1_migrations",
+        Optional[str],
+        typer.Option(help="Ledger table [default: the config's migrations_table, else d1_migrations]",
+                     show_default=False),
+    ] = None,
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for a locked database", min=0)
     ] = 5.0,
@@ -82,6 +103,11 @@ def main_options(
     )
     ctx.obj = Settings(
         db_path=db,
+        config=config,
+        database=database,
+        env=env,
+        local=local,
+        persist_to=persist_to,
         migrations_dir=migrations_dir,
         migrations_table=migrations_table,
         timeout=timeout,

@@ -1,57 +1,130 @@
-"""What the global options resolve to, and how a command opens its target."""
+"""What the global options resolve to -- the target, its migrations and ledger -- and confirmation."""
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sessionctl.errors import MigrationsDirError, RefusedError
-from sessionctl.migrations import (
-    DEFAULT_LEDGER,
-    MigrationFile,
-    bundled_migrations_dir,
-    check_table_name,
-    discover_migrations,
-)
-from sessionctl.targets.base import Database
+from sessionctl.errors import MigrationsDirError, RefusedError, UsageError, WranglerConfigError
+
+if TYPE_CHECKING:  # imported when a command needs them, not at start-up
+    from sessionctl.migrations import MigrationFile
+    from sessionctl.targets.base import Database
+    from sessionctl.targets.wrangler import D1Database
 
 DEFAULT_DB = Path("sessions.db")
+DEFAULT_LEDGER = "d1_migrations"
 SESSIONS_MIGRATION = "003_server_sessions_d1.sql"
+
+
+@dataclass
+class Target:
+    path: Path
+    description: str
+    migrations_dir: Path | None = None  # from the wrangler config
+    migrations_table: str | None = None
 
 
 @dataclass
 class Settings:
     db_path: Path | None = None
+    config: Path | None = None
+    database: str | None = None
+    env: str | None = None
+    local: bool = False
+    persist_to: Path | None = None
     migrations_dir: Path | None = None
-    migrations_table: str = DEFAULT_LEDGER
+    migrations_table: str | None = None
     timeout: float = 5.0
     debug: bool = False
     quiet: bool = False
+    _target: Target | None = field(default=None, repr=False)
 
-    def open(self, *, create: bool = False) -> Database:
+    # -- which database -----------------------------------------------------------
+
+    def target(self) -> Target:
+        if self._target is None:
+            self._target = self._resolve_target()
+        return self._target
+
+    def _resolve_target(self) -> Target:
+        wrangler_options = [
+            flag for flag, value in (("--config", self.config), ("--database", self.database),
+                                     ("--env", self.env), ("--local", self.local),
+                                     ("--persist-to", self.persist_to)) if value
+        ]
+        if self.db_path is not None:
+            if wrangler_options:
+                raise UsageError(f"--db (or SESSIONCTL_DB) cannot be combined with {', '.join(wrangler_options)}")
+            return Target(self.db_path, f"sqlite file {self.db_path}")
+        from sessionctl.targets import wrangler
+
+        config = self.config or wrangler.find_config(Path.cwd())
+        if config is None:
+            if wrangler_options:
+                raise WranglerConfigError(
+                    f"no wrangler config ({', '.join(wrangler.CONFIG_NAMES)}) in {Path.cwd()} or above "
+                    f"for {wrangler_options[0]}; pass --config PATH, or --db PATH for a plain SQLite file"
+                )
+            return Target(DEFAULT_DB, f"sqlite file {DEFAULT_DB} (default)")
+        if not config.is_file():
+            raise WranglerConfigError(f"wrangler config not found: {config}")
+        data = wrangler.load_config(config)
+        databases = wrangler.d1_databases(config, data, self.env)
+        if not databases and not wrangler_options:
+            # A wrangler project without D1: not ours to guess at; the embedded default applies.
+            return Target(DEFAULT_DB, f"sqlite file {DEFAULT_DB} (default; {config.name} has no d1_databases)")
+        chosen = wrangler.select_database(databases, self.database, config, self.env)
+        path = wrangler.local_state_file(chosen, self.persist_to)
+        return Target(
+            path,
+            f"wrangler local D1 {chosen.label} at {_shown(path)}",
+            migrations_dir=chosen.migrations_dir,
+            migrations_table=chosen.migrations_table,
+        )
+
+    def open(self, *, create: bool = False) -> "Database":
         """Open the target; only ``migrate`` (create=True) may create a database file."""
         from sessionctl.targets.sqlite_file import open_sqlite_file
 
-        path = self.db_path or DEFAULT_DB
-        db = open_sqlite_file(path, create=create, timeout=self.timeout)
+        target = self.target()
+        db = open_sqlite_file(target.path, create=create, timeout=self.timeout, description=target.description)
         if not self.quiet:
             print(f"sessionctl: target: {db.description}", file=sys.stderr)
         return db
 
+    # -- which migrations and ledger ---------------------------------------------------
+
     @property
     def ledger(self) -> str:
-        return check_table_name(self.migrations_table)
+        from sessionctl.migrations import check_table_name
 
-    def migrations(self) -> list[MigrationFile]:
-        return discover_migrations(self.migrations_dir or bundled_migrations_dir())
+        return check_table_name(self.migrations_table or self.target().migrations_table or DEFAULT_LEDGER)
 
-    def sessions_migration(self) -> MigrationFile:
+    def migrations_folder(self) -> Path:
+        from sessionctl.migrations import bundled_migrations_dir
+
+        return self.migrations_dir or self.target().migrations_dir or bundled_migrations_dir()
+
+    def migrations(self) -> "list[MigrationFile]":
+        from sessionctl.migrations import discover_migrations
+
+        return discover_migrations(self.migrations_folder())
+
+    def sessions_migration(self) -> "MigrationFile":
         for migration in self.migrations():
             if migration.name == SESSIONS_MIGRATION:
                 return migration
-        where = self.migrations_dir or bundled_migrations_dir()
-        raise MigrationsDirError(f"{SESSIONS_MIGRATION} not found in {where}")
+        raise MigrationsDirError(f"{SESSIONS_MIGRATION} not found in {self.migrations_folder()}")
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def confirm_or_refuse(question: str, yes: bool, refusal: str) -> None:

@@ -12,6 +12,7 @@ from sessionctl.errors import (
     SessionctlError,
     SQLError,
     UsageError,
+    WranglerConfigError,
 )
 
 EXIT_OK = 0
@@ -29,6 +30,7 @@ _EXIT_CODES: tuple[tuple[type[SessionctlError], int], ...] = (
     (UsageError, EXIT_USAGE),
     (RefusedError, EXIT_USAGE),
     (MigrationsDirError, EXIT_USAGE),
+    (WranglerConfigError, EXIT_USAGE),
 )
 
 

@@ -29,7 +29,7 @@ def migrate(
             pending = pending_migrations(db, files, ledger)
         except DatabaseNotFoundError:
             pending = files
-            print(f"-- {settings.db_path or 'the database'} does not exist; migrate would create it")
+            print(f"-- {settings.target().path} does not exist; migrate would create it")
         if not pending:
             print("-- nothing to apply")
         for migration in pending:

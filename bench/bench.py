@@ -1,0 +1,170 @@
+"""make bench: start-up and throughput of sessionctl, beside sqlite-utils (and wrangler when installed).
+
+Prints a Markdown table (paste into README "Benchmarks"). Sized for a 2-core machine:
+a few minutes in all. Times are the best (start-up) or median of repeated runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sessionctl.migrations import apply_migrations, bundled_migrations_dir, discover_migrations
+from sessionctl.repository import (
+    SESSION_TTL_MS,
+    ServerSession,
+    cleanup_expired_sessions,
+    get_server_session,
+    now_ms,
+    save_server_session,
+)
+from sessionctl.targets import open_sqlite_file
+
+BIN = Path(sys.executable).parent
+ROWS = int(os.environ.get("BENCH_ROWS", "200000"))
+RUNS = int(os.environ.get("BENCH_RUNS", "15"))
+
+
+def best_ms(argv: list[str], runs: int = RUNS, env: dict | None = None) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, env=env)
+        times.append((time.perf_counter() - start) * 1000)
+    return min(times)
+
+
+def median_s(fn, runs: int = 3) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def seed(path: Path, rows: int, expired: int = 0) -> None:
+    db = open_sqlite_file(path, create=True)
+    list(apply_migrations(db, discover_migrations(bundled_migrations_dir())))
+    db.close()
+    now = now_ms()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.executemany(
+            "INSERT INTO server_sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (
+                    f"tg:{i:07d}",
+                    "gathering",
+                    '{"budget_krw":50000,"region":"서울"}',
+                    None,
+                    '[{"role":"user","content":"서버 추천"}]',
+                    now - 1000,
+                    now - 1000,
+                    (now - SESSION_TTL_MS) if i < expired else (now + SESSION_TTL_MS),
+                )
+                for i in range(rows)
+            ),
+        )
+    conn.close()
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="sessionctl-bench-"))
+    results: list[tuple[str, str, str]] = []
+    try:
+        db_path = work / "sessions.db"
+        seed(db_path, ROWS)
+        env = dict(os.environ, SESSIONCTL_DB=str(db_path))
+        sc = str(BIN / "sessionctl")
+        su = str(BIN / "sqlite-utils")
+
+        # -- start-up: the same small job through each tool --------------------------
+        base = best_ms([sys.executable, "-c", "pass"])
+        results.append(("python -c pass (floor)", f"{base:.0f} ms", ""))
+        version = best_ms([sc, "--version"], env=env)
+        results.append(("sessionctl --version", f"{version:.0f} ms", ""))
+        ours = best_ms([sc, "sessions", "list", "--limit", "50", "--format", "json"], env=env)
+        theirs = best_ms([su, "query", str(db_path),
+                          "select * from server_sessions where expires_at > 0 order by expires_at limit 50"])
+        results.append(("list 50 sessions: sessionctl", f"{ours:.0f} ms", ""))
+        results.append(("list 50 sessions: sqlite-utils query", f"{theirs:.0f} ms", f"sessionctl {theirs / ours:.2f}x faster"))
+        ours = best_ms([sc, "status", "--format", "json"], env=env)
+        results.append(("status", f"{ours:.0f} ms", ""))
+        ours = best_ms([sc, "verify", "--format", "json"], env=env)
+        results.append(("verify", f"{ours:.0f} ms", ""))
+        wrangler = os.environ.get("BENCH_WRANGLER")
+        if wrangler and Path(wrangler).exists():
+            project = os.environ["BENCH_WRANGLER_PROJECT"]
+            w = best_ms([wrangler, "d1", "execute", "DB", "--local", "--json", "--command",
+                         "SELECT * FROM server_sessions LIMIT 50"], runs=3,
+                        env=dict(os.environ, WRANGLER_SEND_METRICS="false", CI="true"))
+            results.append(("list 50 sessions: wrangler d1 execute --local", f"{w:.0f} ms", ""))
+
+        # -- throughput through the repository ------------------------------------
+        db = open_sqlite_file(db_path)
+        n = 2000
+        start = time.perf_counter()
+        for i in range(n):
+            save_server_session(db, f"bench:{i}", ServerSession(messages=[{"role": "user", "content": "서버 추천"}]))
+        saves = n / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for i in range(n):
+            get_server_session(db, f"bench:{i}")
+        gets = n / (time.perf_counter() - start)
+        results.append(("save_server_session (one upsert, own txn)", f"{saves:,.0f} /s", ""))
+        results.append(("get_server_session (one query)", f"{gets:,.0f} /s", ""))
+        db.close()
+
+        # -- export: sessionctl vs sqlite-utils, same rows to a file ------------------
+        out = work / "export.jsonl"
+        ours = median_s(lambda: subprocess.run([sc, "sessions", "export", "-o", str(out)], env=env, check=True,
+                                               stderr=subprocess.DEVNULL))
+        theirs = median_s(lambda: subprocess.run(
+            f"{su} rows {db_path} server_sessions --nl > {work / 'su.jsonl'}", shell=True, check=True))
+        results.append((f"export {ROWS:,} rows: sessionctl sessions export", f"{ours:.2f} s", ""))
+        results.append((f"export {ROWS:,} rows: sqlite-utils rows --nl", f"{theirs:.2f} s", f"ratio {theirs / ours:.2f}"))
+
+        # -- import into an empty table -------------------------------------------
+        def fresh_import() -> None:
+            target = work / "import.db"
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{target}{suffix}").unlink(missing_ok=True)
+            subprocess.run([sc, "--db", str(target), "migrate"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run([sc, "--db", str(target), "sessions", "import", str(out)], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        results.append((f"import {ROWS:,} rows (validate + one txn)", f"{median_s(fresh_import):.2f} s", ""))
+
+        # -- cleanup of expired rows in batches ------------------------------------
+        def fresh_cleanup() -> float:
+            target = work / "cleanup.db"
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{target}{suffix}").unlink(missing_ok=True)
+            seed(target, ROWS, expired=ROWS // 2)
+            start = time.perf_counter()
+            db = open_sqlite_file(target)
+            deleted = cleanup_expired_sessions(db, batch_size=500)
+            assert deleted == ROWS // 2
+            db.close()
+            return time.perf_counter() - start
+        cleanup = statistics.median(fresh_cleanup() for _ in range(3))
+        results.append((f"cleanup {ROWS // 2:,} expired of {ROWS:,} (batches of 500)", f"{cleanup:.2f} s",
+                        f"{ROWS // 2 / cleanup:,.0f} rows/s"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"| what ({ROWS:,} rows in the table) | result | note |")
+    print("|---|---|---|")
+    for what, value, note in results:
+        print(f"| {what} | {value} | {note} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""wrangler projects: find and read the config, pick a D1 binding, locate its local state.
+
+No typer/rich here. Facts (see shared/reference/d1-and-wrangler.md):
+- config files looked up upward from the working directory: wrangler.json,
+  wrangler.jsonc, wrangler.toml (first match in the nearest folder wins);
+- ``d1_databases`` is not inherited by ``[env.NAME]``: each environment repeats it;
+- migrations_dir is relative to the config file; defaults ``migrations`` and
+  ``d1_migrations`` for the ledger table;
+- local state: <config dir>/.wrangler/state/v3/d1/miniflare-D1DatabaseObject/<hex>.sqlite
+  (or <persist-to>/v3/d1/...), <hex> derived from the database's id like
+  Durable Objects' idFromName.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sessionctl.errors import UsageError, WranglerConfigError
+
+CONFIG_NAMES = ("wrangler.json", "wrangler.jsonc", "wrangler.toml")
+D1_OBJECT = "miniflare-D1DatabaseObject"
+
+
+@dataclass(frozen=True)
+class D1Database:
+    """One ``d1_databases`` entry, with paths made absolute."""
+
+    binding: str
+    database_name: str | None
+    database_id: str | None
+    preview_database_id: str | None
+    migrations_dir: Path
+    migrations_table: str
+    config_path: Path
+    env: str | None
+
+    @property
+    def label(self) -> str:
+        name = self.database_name or self.binding
+        return f"{name} (binding {self.binding}{', env ' + self.env if self.env else ''})"
+
+    @property
+    def local_id(self) -> str:
+        """The name wrangler's local D1 derives the file name from."""
+        return self.preview_database_id or self.database_id or self.binding
+
+
+def find_config(start: Path) -> Path | None:
+    """The nearest wrangler config at or above ``start``, as wrangler finds it."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        for name in CONFIG_NAMES:
+            candidate = folder / name
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """Parse a wrangler.toml / .json / .jsonc; a syntax error names the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise WranglerConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise WranglerConfigError(f"{path}: not UTF-8 text") from None
+    if path.suffix == ".toml":
+        import tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise WranglerConfigError(f"{path}: invalid TOML: {exc}") from None
+    else:
+        import json5
+
+        try:
+            data = json5.loads(text)
+        except ValueError as exc:
+            message = str(exc)
+            match = re.match(r"<string>:(\d+) (.*)", message)
+            where = f"line {match.group(1)}: {match.group(2)}" if match else message
+            raise WranglerConfigError(f"{path}: invalid JSON: {where}") from None
+    if not isinstance(data, dict):
+        raise WranglerConfigError(f"{path}: the top level is not a table/object")
+    return data
+
+
+def d1_databases(config_path: Path, data: dict[str, Any], env: str | None) -> list[D1Database]:
+    """The D1 entries of the top level, or of ``env.NAME`` (not inherited, as in wrangler)."""
+    section = data
+    if env is not None:
+        envs = data.get("env") or {}
+        if env not in envs:
+            known = ", ".join(sorted(envs)) or "none"
+            raise UsageError(f"no environment {env!r} in {config_path} (environments: {known})")
+        section = envs[env]
+    entries = section.get("d1_databases") or []
+    if not isinstance(entries, list):
+        raise WranglerConfigError(f"{config_path}: d1_databases must be a list")
+    folder = config_path.parent
+    databases = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("binding"), str):
+            raise WranglerConfigError(f"{config_path}: d1_databases[{index}] has no binding")
+        databases.append(
+            D1Database(
+                binding=entry["binding"],
+                database_name=entry.get("database_name"),
+                database_id=entry.get("database_id"),
+                preview_database_id=entry.get("preview_database_id"),
+                migrations_dir=(folder / entry.get("migrations_dir", "migrations")).resolve(),
+                migrations_table=entry.get("migrations_table", "d1_migrations"),
+                config_path=config_path,
+                env=env,
+            )
+        )
+    return databases
+
+
+def select_database(databases: list[D1Database], name: str | None, config_path: Path, env: str | None) -> D1Database:
+    """By binding or database_name; default: the only entry, else the one bound as DB."""
+    where = f"{config_path}" + (f" [env.{env}]" if env else "")
+    if not databases:
+        raise WranglerConfigError(f"{where} has no d1_databases")
+    choices = ", ".join(f"{d.binding} ({d.database_name})" if d.database_name else d.binding for d in databases)
+    if name is not None:
+        found = [d for d in databases if name in (d.binding, d.database_name)]
+        if len(found) == 1:
+            return found[0]
+        problem = "is ambiguous" if found else "is not a binding or database_name"
+        raise UsageError(f"--database {name!r} {problem} in {where}; choose one of: {choices}")
+    if len(databases) == 1:
+        return databases[0]
+    bound_db = [d for d in databases if d.binding == "DB"]
+    if bound_db:
+        return bound_db[0]
+    raise UsageError(f"{where} has several D1 databases; choose one with --database: {choices}")
+
+
+def durable_object_hex(name: str, unique_key: str = D1_OBJECT) -> str:
+    """Miniflare's idFromName: the hex file name of a Durable Object's SQLite file."""
+    key = hashlib.sha256(unique_key.encode()).digest()
+    first = hmac.new(key, name.encode(), hashlib.sha256).digest()[:16]
+    second = hmac.new(key, first, hashlib.sha256).digest()[:16]
+    return (first + second).hex()
+
+
+def local_state_file(database: D1Database, persist_to: Path | None = None) -> Path:
+    """The exact SQLite file ``wrangler d1 ... --local`` (and ``wrangler dev``) use."""
+    root = persist_to.resolve() if persist_to else database.config_path.parent / ".wrangler" / "state"
+    return root / "v3" / "d1" / D1_OBJECT / f"{durable_object_hex(database.local_id)}.sqlite"
