@@ -8,7 +8,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_DB := demo/sessions.db
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean wrangler
+
+# The real wrangler (pinned in tests/wrangler/package-lock.json) for the interop tests.
+# 4.86.0 is the last release that runs on node 20.
+WRANGLER_DIR := .cache/wrangler
+WRANGLER     := $(WRANGLER_DIR)/node_modules/.bin/wrangler
 
 install: $(STAMP)
 
@@ -25,11 +30,20 @@ demo: $(STAMP)
 	SESSIONCTL_DB=$(DEMO_DB) $(BIN)/sessionctl status
 	$(BIN)/python examples/agent_example.py $(DEMO_DB)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest
+wrangler: $(WRANGLER)
+
+$(WRANGLER): tests/wrangler/package.json tests/wrangler/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is required for the wrangler interop tests (node >= 20.3)"; exit 1; }
+	mkdir -p $(WRANGLER_DIR)
+	cp tests/wrangler/package.json tests/wrangler/package-lock.json $(WRANGLER_DIR)/
+	cd $(WRANGLER_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	test -x $@ && touch $@
+
+test: $(STAMP) $(WRANGLER)
+	SESSIONCTL_TEST_WRANGLER=$(abspath $(WRANGLER)) $(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache .hypothesis
+	rm -rf $(VENV) $(WRANGLER_DIR) demo .pytest_cache .hypothesis
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py

@@ -37,10 +37,16 @@ _LEADING_NUMBER = re.compile(r"^(\d+)")
 
 
 def ledger_ddl(table: str) -> str:
-    """wrangler's ledger statement, verbatim but for the table name."""
+    """wrangler's ledger statement (4.x), byte for byte but for the table name.
+
+    Identical text means identical ``sqlite_master.sql`` whichever tool made the ledger.
+    """
     return (
-        f"CREATE TABLE IF NOT EXISTS {table}(id INTEGER PRIMARY KEY AUTOINCREMENT, "
-        "name TEXT UNIQUE, applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL)"
+        f"CREATE TABLE IF NOT EXISTS {table}(\n"
+        "\t\tid         INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+        "\t\tname       TEXT UNIQUE,\n"
+        "\t\tapplied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL\n"
+        ");"
     )
 
 
