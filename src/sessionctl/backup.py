@@ -23,11 +23,23 @@ DEFAULT_BACKUP_DIR = Path("backups")
 
 
 def default_backup_path(now: float | None = None) -> Path:
+    """./backups/server_sessions-<UTC time>.jsonl, never the name of an existing file."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-    return DEFAULT_BACKUP_DIR / f"{TABLE}-{stamp}.jsonl"
+    path = DEFAULT_BACKUP_DIR / f"{TABLE}-{stamp}.jsonl"
+    counter = 1
+    while path.exists():
+        counter += 1
+        path = DEFAULT_BACKUP_DIR / f"{TABLE}-{stamp}-{counter}.jsonl"
+    return path
 
 
 def encode_line(row: Row) -> str:
+    for column in COLUMNS:
+        if isinstance(row.get(column), (bytes, bytearray, memoryview)):
+            raise BackupError(
+                f"row {row.get('user_id')!r}: column {column} holds a BLOB, "
+                "which a JSON Lines file cannot keep as stored text"
+            )
     return json.dumps({column: row.get(column) for column in COLUMNS}, ensure_ascii=False) + "\n"
 
 
@@ -55,9 +67,16 @@ def where_state(state: str, now: int) -> tuple[str, tuple]:
     return "", ()
 
 
-def write_backup_file(db: Database, path: Path, where: str = "", params: tuple = ()) -> int:
-    """Write the rows to ``path`` atomically; return the row count, checked against the file."""
+def write_backup_file(
+    db: Database, path: Path, where: str = "", params: tuple = (), *, overwrite: bool = False
+) -> int:
+    """Write the rows to ``path`` atomically; return the row count, checked against the file.
+
+    A backup never replaces an existing file; an export may (``overwrite=True``).
+    """
     path = Path(path)
+    if path.exists() and not overwrite:
+        raise BackupError(f"{path} already exists; not overwriting it (choose another file)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -150,7 +150,7 @@ ON CONFLICT(user_id) DO UPDATE SET
     last_recommendation = excluded.last_recommendation,
     messages = excluded.messages,
     created_at = CASE WHEN {TABLE}.expires_at > excluded.updated_at
-                      THEN {TABLE}.created_at ELSE excluded.created_at END,
+                      THEN {TABLE}.created_at ELSE excluded.updated_at END,
     updated_at = excluded.updated_at,
     expires_at = excluded.expires_at
 RETURNING created_at

@@ -56,10 +56,18 @@ def render_rows(
         from rich.table import Table
 
         table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-        for column in columns:
-            table.add_column(column)
-        for count, row in enumerate(rows, 1):
-            table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+        cells = [["" if row.get(c) is None else str(row.get(c)) for c in columns] for row in rows]
+        count = len(cells)
+        for i, column in enumerate(columns):
+            if i < len(columns) - 1:
+                # Never cut a key column (a migration's name, its state) to fit the width;
+                # the last column wraps instead.
+                widest = max([len(column)] + [len(line[i]) for line in cells])
+                table.add_column(column, min_width=widest, no_wrap=True)
+            else:
+                table.add_column(column, overflow="fold")
+        for line in cells:
+            table.add_row(*line)
         Console(file=out, soft_wrap=True).print(table)
     out.flush()
     return count

@@ -310,7 +310,7 @@ def export(
         write_rows(iter_raw_rows(db, where, params), sys.stdout)
         sys.stdout.flush()
         return
-    count = write_backup_file(db, Path(output), where, params)
+    count = write_backup_file(db, Path(output), where, params, overwrite=True)
     print(f"exported {count} sessions to {output}", file=sys.stderr)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -64,8 +65,26 @@ def open_sqlite_file(
     db.query("SELECT count(*) AS n FROM sqlite_master")
     if is_new:
         # WAL lets readers (and wrangler dev) go on while we write.
-        db.query("PRAGMA journal_mode=WAL")
+        _switch_to_wal(db, timeout)
     return db
+
+
+def _switch_to_wal(db: "SqliteFileDatabase", timeout: float) -> None:
+    """Switch a new file to WAL, waiting up to ``timeout`` like every other statement.
+
+    The switch needs an exclusive lock, and SQLite returns SQLITE_BUSY for it at once,
+    without calling the busy handler, while another connection holds a write lock
+    (a second ``migrate`` racing us onto the new file): so retry until the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            db.query("PRAGMA journal_mode=WAL")
+            return
+        except DatabaseLockedError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 class SqliteFileDatabase:

@@ -1,0 +1,198 @@
+"""Several processes at once: racing migrates, and writers beside each other and a cleanup."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+
+from conftest import SESSIONCTL, SESSIONS_MIGRATION, error_lines, raw_connect
+from sessionctl.repository import SESSION_TTL_MS, ServerSession, save_server_session
+from sessionctl.targets import sqlite_file
+from sessionctl.targets.sqlite_file import open_sqlite_file
+
+APPLIED = f"applied {SESSIONS_MIGRATION}\n"
+ALREADY = {
+    "nothing to apply: every migration is applied\n",
+    f"{SESSIONS_MIGRATION} was applied by another process meanwhile\n",
+}
+ROUNDS = 8  # the race is a matter of microseconds: give it several chances
+
+
+def test_two_migrates_started_at_once_apply_003_exactly_once(tmp_path):
+    for round_ in range(ROUNDS):
+        path = tmp_path / f"race-{round_}.db"
+        procs = [
+            subprocess.Popen(
+                [str(SESSIONCTL), "--db", str(path), "migrate"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        results = [(p.wait(timeout=60), p.stdout.read(), p.stderr.read()) for p in procs]
+        for p in procs:
+            p.stdout.close()
+            p.stderr.close()
+
+        assert [code for code, _, _ in results] == [0, 0], results
+        assert [error_lines(err) for _, _, err in results] == [[], []], results
+        outputs = sorted(out for _, out, _ in results)
+        assert outputs.count(APPLIED) == 1, results
+        assert set(outputs) - {APPLIED} <= ALREADY, results
+        conn = raw_connect(path)
+        assert conn.execute("SELECT name FROM d1_migrations").fetchall() == [(SESSIONS_MIGRATION,)]
+        assert conn.execute("SELECT count(*) FROM server_sessions").fetchone() == (0,)
+        conn.close()
+
+
+def test_creating_a_database_waits_for_a_writer_that_got_to_the_new_file_first(tmp_path, monkeypatch):
+    """The losing side of the migrate race, made deterministic.
+
+    Between our "does the file exist?" and our connect, another process creates the
+    file and begins writing it. Opening must wait for that writer (up to the
+    timeout), as every other statement does, not fail at once saying it waited.
+    """
+    path = tmp_path / "new.db"
+    real_connect = sqlite3.connect
+    writer_done = threading.Event()
+
+    def connect_after_another_writer_started(*args, **kwargs):
+        other = real_connect(path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("CREATE TABLE other_writer(x)")
+
+        def finish():
+            other.execute("COMMIT")
+            other.close()
+            writer_done.set()
+
+        threading.Timer(0.3, finish).start()
+        monkeypatch.setattr(sqlite3, "connect", real_connect)
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite_file.sqlite3, "connect", connect_after_another_writer_started)
+
+    try:
+        db = open_sqlite_file(path, create=True, timeout=10)
+    finally:
+        writer_done.wait(timeout=10)
+    tables = {row["name"] for row in db.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    db.close()
+    assert tables == {"other_writer"}
+
+
+_WRITER = r"""
+import json, os, sys, time
+from sessionctl.repository import ServerSession, SessionStatus, get_server_session, save_server_session
+from sessionctl.targets.sqlite_file import open_sqlite_file
+
+path, me, gate = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+db = open_sqlite_file(path)
+while not os.path.exists(gate):
+    time.sleep(0.005)
+for i in range(100):
+    user = f"p{me}-u{i}" if i % 2 == 0 else f"shared-{i % 5}"
+    session = ServerSession(
+        status=list(SessionStatus)[i % 5],
+        collected_info={"writer": me, "i": i},
+        messages=[{"role": "user", "content": "서버 추천"}],
+    )
+    save_server_session(db, user, session)
+    got = get_server_session(db, user)
+    assert got is not None, user
+db.close()
+print("ok")
+"""
+
+_CLEANER = r"""
+import os, sys, time
+from sessionctl.repository import cleanup_expired_sessions
+from sessionctl.targets.sqlite_file import open_sqlite_file
+
+path, gate = sys.argv[1], sys.argv[2]
+db = open_sqlite_file(path)
+while not os.path.exists(gate):
+    time.sleep(0.005)
+total = 0
+for _ in range(20):
+    total += cleanup_expired_sessions(db, batch_size=3)
+db.close()
+print(total)
+"""
+
+
+def test_concurrent_writers_and_a_cleanup_lose_no_rows_and_never_see_locked(tmp_path, migrated_db, db_path):
+    for i in range(30):  # expired long ago: the cleanup's work
+        save_server_session(migrated_db, f"expired-{i}", ServerSession(), now=1_000_000 + i)
+    migrated_db.close()
+    gate = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(db_path), str(n), str(gate)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    procs.append(
+        subprocess.Popen(
+            [sys.executable, "-c", _CLEANER, str(db_path), str(gate)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    )
+    gate.touch()
+    results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+
+    for out, err, code in results:
+        assert "locked" not in err
+        assert code == 0, err
+        assert err == ""
+    assert [out for out, _, _ in results[:4]] == ["ok\n"] * 4
+    assert results[4][0] == "30\n"
+
+    conn = raw_connect(db_path)
+    rows = {
+        user: json.loads(info)
+        for user, info in conn.execute("SELECT user_id, collected_info FROM server_sessions")
+    }
+    conn.close()
+    own = {f"p{n}-u{i}" for n in range(4) for i in range(0, 100, 2)}
+    shared = {f"shared-{k}" for k in range(5)}
+    assert set(rows) == own | shared
+    for n in range(4):
+        for i in range(0, 100, 2):
+            assert rows[f"p{n}-u{i}"] == {"writer": n, "i": i}
+    for k in range(5):
+        assert rows[f"shared-{k}"]["i"] % 5 == k
+    assert not any(user.startswith("expired-") for user in rows)
+
+
+def test_live_sessions_survive_a_cleanup_running_beside_their_refresh(tmp_path, migrated_db, db_path):
+    now = 10 * SESSION_TTL_MS
+    for i in range(50):
+        save_server_session(migrated_db, f"live-{i}", ServerSession(), now=now)
+        save_server_session(migrated_db, f"dead-{i}", ServerSession(), now=now - 2 * SESSION_TTL_MS)
+    second = open_sqlite_file(db_path)
+
+    from sessionctl.repository import cleanup_expired_sessions, get_server_session
+
+    deleted = cleanup_expired_sessions(
+        second,
+        now=now,
+        batch_size=7,
+        on_batch=lambda _: save_server_session(migrated_db, "live-0", ServerSession(), now=now + 1),
+    )
+    second.close()
+
+    assert deleted == 50
+    assert all(get_server_session(migrated_db, f"live-{i}", now=now) is not None for i in range(50))

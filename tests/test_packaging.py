@@ -1,0 +1,152 @@
+"""What ships: the wheel carries the migrations, the library stays free of the CLI's imports."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import MIGRATIONS_DIR, REPO_ROOT, SESSIONS_MIGRATION
+from sessionctl import __version__
+from sessionctl.migrations import split_statements
+
+SEED_DOC = REPO_ROOT.parent / "shared" / "seed" / "migration-003-reflowed.md"
+
+
+def _normalised(sql: str) -> str:
+    return " ".join(sql.split())
+
+
+def _seed_sql() -> str:
+    """The SQL block under "New Table" in the seed's design document."""
+    text = SEED_DOC.read_text(encoding="utf-8")
+    match = re.search(r"\*\*New Table\*\*.*?```sql\n(.*?)```", text, re.S)
+    assert match, f"no SQL block under 'New Table' in {SEED_DOC}"
+    return match.group(1)
+
+
+def test_migration_003_holds_exactly_the_seeds_two_statements():
+    ours = (MIGRATIONS_DIR / SESSIONS_MIGRATION).read_text(encoding="utf-8")
+    seed = _seed_sql()
+
+    assert _normalised(ours) == _normalised(seed)
+    assert [_normalised(s) for s in split_statements(ours)] == [_normalised(s) for s in split_statements(seed)]
+    assert len(split_statements(ours)) == 2
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-w",
+            str(out),
+            str(REPO_ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    (built,) = out.glob("sessionctl-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def unpacked_wheel(wheel, tmp_path_factory) -> Path:
+    target = tmp_path_factory.mktemp("site")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(target)
+    return target
+
+
+def test_wheel_ships_migration_003_byte_for_byte(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = archive.read(f"sessionctl/migrations/{SESSIONS_MIGRATION}")
+    assert shipped == (MIGRATIONS_DIR / SESSIONS_MIGRATION).read_bytes()
+
+
+def test_wheel_declares_the_console_script(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        (entry_points,) = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
+        text = archive.read(entry_points).decode()
+    assert re.search(r"^sessionctl = sessionctl\.cli:main$", text, re.M)
+
+
+def _run_from_wheel(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONCTL_")}
+    env["PYTHONPATH"] = str(site)
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_installed_package_finds_its_migrations_from_another_folder(unpacked_wheel, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    where = _run_from_wheel(
+        unpacked_wheel,
+        elsewhere,
+        "-c",
+        "import sessionctl.migrations as m; print(m.__file__); print(m.bundled_migrations_dir())",
+    )
+    migrate = _run_from_wheel(unpacked_wheel, elsewhere, "-m", "sessionctl", "--db", "x.db", "migrate")
+    verify = _run_from_wheel(unpacked_wheel, elsewhere, "-m", "sessionctl", "--db", "x.db", "verify")
+
+    module_file, migrations_dir = where.stdout.splitlines()
+    assert Path(module_file).is_relative_to(unpacked_wheel)
+    assert Path(migrations_dir) == unpacked_wheel / "sessionctl" / "migrations"
+    assert migrate.returncode == 0, migrate.stderr
+    assert migrate.stdout == f"applied {SESSIONS_MIGRATION}\n"
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert (elsewhere / "x.db").is_file()
+
+
+def test_python_m_sessionctl_version(unpacked_wheel, tmp_path):
+    from_source = subprocess.run(
+        [sys.executable, "-m", "sessionctl", "--version"], capture_output=True, text=True, timeout=60
+    )
+    from_wheel = _run_from_wheel(unpacked_wheel, tmp_path, "-m", "sessionctl", "--version")
+
+    assert from_source.returncode == 0, from_source.stderr
+    assert from_source.stdout == f"sessionctl {__version__}\n"
+    assert from_wheel.returncode == 0, from_wheel.stderr
+    assert from_wheel.stdout == f"sessionctl {__version__}\n"
+
+
+def test_console_script_version(run_sessionctl):
+    result = run_sessionctl("--version")
+    assert result.returncode == 0
+    assert result.stdout == f"sessionctl {__version__}\n"
+
+
+def test_library_imports_neither_typer_nor_rich_nor_click():
+    code = (
+        "import sys\n"
+        "import sessionctl.repository, sessionctl.migrations, sessionctl.targets\n"
+        "import sessionctl.targets.sqlite_file, sessionctl.checks, sessionctl.backup, sessionctl.rollback\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('typer', 'rich', 'click')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "[]\n"
