@@ -29,6 +29,10 @@ demo: $(STAMP)
 	SESSIONCTL_DB=$(DEMO_DB) $(BIN)/sessionctl verify
 	SESSIONCTL_DB=$(DEMO_DB) $(BIN)/sessionctl status
 	$(BIN)/python examples/agent_example.py $(DEMO_DB)
+	SESSIONCTL_DB=$(DEMO_DB) $(BIN)/sessionctl sessions list --all
+	SESSIONCTL_DB=$(DEMO_DB) $(BIN)/sessionctl sessions show tg:1001
+	SESSIONCTL_DB=$(DEMO_DB) $(BIN)/sessionctl sessions stats
+	SESSIONCTL_DB=$(DEMO_DB) $(BIN)/sessionctl smoke
 
 wrangler: $(WRANGLER)
 
@@ -45,5 +49,5 @@ test: $(STAMP) $(WRANGLER)
 clean:
 	rm -rf $(VENV) $(WRANGLER_DIR) demo .pytest_cache .hypothesis
 
-bench: $(STAMP)
-	$(BIN)/python bench/bench.py
+bench: $(STAMP) $(WRANGLER)
+	BENCH_WRANGLER=$(abspath $(WRANGLER)) $(BIN)/python bench/bench.py
