@@ -326,6 +326,16 @@ def test_toml_json_and_jsonc_with_comments_and_trailing_commas(run, tmp_path, na
     assert sqlite_files(tmp_path) == {state_file(tmp_path, durable_object_hex(database_id))}
 
 
+@pytest.mark.parametrize(("name", "text"), [("wrangler.toml", TOML), ("wrangler.jsonc", JSONC)])
+def test_utf8_byte_order_mark_is_accepted_as_by_wrangler(run, tmp_path, name, text):
+    """wrangler 4.86.0 strips a UTF-8 BOM (removeBOMAndValidate); checked by hand against it."""
+    config = make_project(tmp_path, "", name)
+    config.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    result = run("migrate")
+    assert_ok(result)
+    assert "wrangler local D1 telegram-conversations (binding DB)" in target_line(result)
+
+
 def test_jsonc_non_ascii_and_migrations_keys(run, tmp_path):
     text = """{
   // 봇 설정 (the bot's config)

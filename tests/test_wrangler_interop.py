@@ -168,14 +168,15 @@ def sessionctl(*args: object, cwd: Path, ok: bool = True) -> subprocess.Complete
 # -- the project template ---------------------------------------------------------------------
 
 
-def make_project(tmp_path: Path, *, config: str = TOML, config_name: str = "wrangler.toml",
+def make_project(tmp_path: Path, *, config: str | None = TOML, config_name: str = "wrangler.toml",
                  migrations_dir: str = "migrations", with_sessions: bool = True,
                  folder: str = "project") -> Path:
     """A wrangler project in ``tmp_path/folder``: config, worker, migrations (001 [+ 003])."""
     root = tmp_path / folder
     (root / "src").mkdir(parents=True)
     (root / "src" / "index.js").write_text(WORKER_JS)
-    (root / config_name).write_text(config, encoding="utf-8")
+    if config is not None:
+        (root / config_name).write_text(config, encoding="utf-8")
     migrations = root / migrations_dir
     migrations.mkdir(parents=True, exist_ok=True)
     (migrations / "001_init.sql").write_text(INIT_SQL)
@@ -449,8 +450,7 @@ def test_config_variant_both_tools_share_file_and_ledger(tmp_path, wrangler, var
     """sessionctl creates the file and applies 001; wrangler applies exactly 002 there;
     sessionctl applies exactly 003; wrangler then has nothing to apply. Each step fails if
     either tool resolved another file, another ledger table or another migrations folder."""
-    root = make_project(tmp_path, config="", migrations_dir=variant.migrations_dir, with_sessions=False)
-    (root / "wrangler.toml").unlink()
+    root = make_project(tmp_path, config=None, migrations_dir=variant.migrations_dir, with_sessions=False)
     for name, text in variant.files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text, encoding="utf-8")

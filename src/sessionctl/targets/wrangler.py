@@ -1,8 +1,9 @@
 """wrangler projects: find and read the config, pick a D1 binding, locate its local state.
 
 No typer/rich here. Facts (see shared/reference/d1-and-wrangler.md):
-- config files looked up upward from the working directory: wrangler.json,
-  wrangler.jsonc, wrangler.toml (first match in the nearest folder wins);
+- config files looked up upward from the working directory: wrangler.json
+  (all the way up), then wrangler.jsonc, then wrangler.toml -- as wrangler's
+  findUpSync per name does, so a parent's wrangler.json beats a nearer .toml;
 - ``d1_databases`` is not inherited by ``[env.NAME]``: each environment repeats it;
 - migrations_dir is relative to the config file; defaults ``migrations`` and
   ``d1_migrations`` for the ledger table;
@@ -51,10 +52,15 @@ class D1Database:
 
 
 def find_config(start: Path) -> Path | None:
-    """The nearest wrangler config at or above ``start``, as wrangler finds it."""
+    """The wrangler config for ``start``, found exactly as wrangler 4 finds it.
+
+    wrangler looks for ``wrangler.json`` all the way up, then ``wrangler.jsonc``
+    all the way up, then ``wrangler.toml`` (``findUpSync`` per name), so a
+    wrangler.json in a parent folder beats a wrangler.toml in ``start`` itself.
+    """
     start = start.resolve()
-    for folder in (start, *start.parents):
-        for name in CONFIG_NAMES:
+    for name in CONFIG_NAMES:
+        for folder in (start, *start.parents):
             candidate = folder / name
             if candidate.is_file():
                 return candidate
@@ -64,7 +70,8 @@ def find_config(start: Path) -> Path | None:
 def load_config(path: Path) -> dict[str, Any]:
     """Parse a wrangler.toml / .json / .jsonc; a syntax error names the file and line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: wrangler strips a UTF-8 byte order mark (editors on Windows write one).
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise WranglerConfigError(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
