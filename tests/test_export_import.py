@@ -164,7 +164,7 @@ def test_export_to_an_unwritable_path_exits_1_and_leaves_no_file(cli, db_path, v
     (tmp_path / "taken").mkdir()
     result = cli("--db", db_path, "sessions", "export", "-o", "taken")
     assert result.exit_code == 1
-    assert_one_error_line(result.stderr, "cannot write backup taken: Is a directory")
+    assert_one_error_line(result.stderr, "cannot write taken: Is a directory")
     assert os.listdir(tmp_path / "taken") == []
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 

@@ -81,7 +81,7 @@ def write_backup_file(
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     except OSError as exc:
-        raise BackupError(f"cannot write backup {path}: {exc.strerror}") from None
+        raise BackupError(f"cannot write {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
             written = write_rows(iter_raw_rows(db, where, params), out)
@@ -93,7 +93,7 @@ def write_backup_file(
             raise BackupError(f"backup {path} holds {on_disk} rows, expected {written}")
         os.replace(tmp_name, path)
     except OSError as exc:
-        raise BackupError(f"cannot write backup {path}: {exc.strerror}") from None
+        raise BackupError(f"cannot write {path}: {exc.strerror}") from None
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)

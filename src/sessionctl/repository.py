@@ -343,7 +343,13 @@ def build_list_query(query: SessionQuery, now: int) -> tuple[str, list[Any]]:
             # Written so the range on `column` can still use its index.
             where.append(f"{column} {op}= ? AND ({column} {op} ? OR user_id {op} ?)")
             params.extend([value, value, user_id])
-    order = "user_id" if column == "user_id" else f"{column} {direction}, user_id"
+    if column == "user_id":
+        # Walking the primary key would step over every expired row (unbounded until cleanup
+        # runs) to find live ones; live rows are at most one TTL of traffic, so take them from
+        # the expires_at index and sort them. A --user prefix keeps its primary-key range.
+        order = "+user_id" if query.state == "active" and not query.user_pattern else "user_id"
+    else:
+        order = f"{column} {direction}, user_id"
     sql = f"SELECT {_SELECT_COLUMNS} FROM {TABLE}"
     if where:
         sql += " WHERE " + " AND ".join(where)
@@ -462,6 +468,8 @@ def raw_row_problem(row: Any) -> str | None:
         value = row.get(column)
         if not isinstance(value, int) or isinstance(value, bool):
             return f"{column} must be an integer (epoch ms), got {value!r}"
+        if not -(2**63) <= value < 2**63:
+            return f"{column} does not fit a 64-bit integer, got {value!r}"
     for column in JSON_COLUMNS:
         if not isinstance(row.get(column), (str, type(None))):
             return f"{column} must be the stored JSON text (a string) or null"

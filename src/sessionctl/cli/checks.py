@@ -43,6 +43,7 @@ def deploy(
     files = settings.migrations()
     migration = settings.sessions_migration()
     db = settings.open(create=True)
+    schema_before = _schema_objects(db)
 
     print("== migrate")
     applied = []
@@ -62,23 +63,58 @@ def deploy(
         if not all(check.ok for check in checks):
             print(f"deploy stopped: {step} failed")
             if rollback_on_failure and SESSIONS_MIGRATION in applied:
-                _roll_back(db, settings)
+                _roll_back(db, settings, applied, schema_before)
             elif rollback_on_failure:
                 print(f"not rolling back: this run did not apply {SESSIONS_MIGRATION}")
             raise typer.Exit(1)
     print("deploy ok: migrated, verified, smoke-tested")
 
 
-def _roll_back(db, settings: Settings) -> None:
+def _schema_objects(db) -> set[tuple[str, str]]:
+    return {(r["type"], r["name"]) for r in db.query("SELECT type, name FROM sqlite_master")}
+
+
+def _unrecord(db, settings: Settings, names: list[str]) -> None:
+    from sessionctl.migrations import CHECKSUM_TABLE
+    from sessionctl.targets.base import Statement
+
+    db.batch(
+        [Statement(f"DELETE FROM {settings.ledger} WHERE name = ?", (name,)) for name in names]
+        + [Statement(f"DELETE FROM {CHECKSUM_TABLE} WHERE ledger = ? AND name = ?", (settings.ledger, name))
+           for name in names]
+    )
+
+
+def _roll_back(db, settings: Settings, applied: list[str], schema_before: set[tuple[str, str]]) -> None:
+    """Undo what this run applied: 003 by the seed's rollback, the later files by unrecording them."""
     from sessionctl.backup import default_backup_path
+    from sessionctl.repository import TABLE
     from sessionctl.rollback import plan_rollback, rollback_sessions_migration
 
     print("== rollback (--rollback-on-failure)")
+    later = applied[applied.index(SESSIONS_MIGRATION) + 1:]
+    if ("table", TABLE) in schema_before:
+        # The table predates this run (e.g. created by `wrangler d1 execute --file`): this run only
+        # recorded 003, so only that is undone. Its live rows are never dropped.
+        _unrecord(db, settings, [SESSIONS_MIGRATION])
+        print(f"not dropping {TABLE}: it existed before this run; unrecorded {SESSIONS_MIGRATION}")
+        if later:
+            print(f"not rolled back (no down migration): {', '.join(later)}")
+        return
     plan = plan_rollback(db, settings.ledger)
     outcome = rollback_sessions_migration(db, plan, default_backup_path())
     if outcome.backup_path is not None:
         print(f"backed up {outcome.rows_backed_up} rows to {outcome.backup_path}")
     print(f"rolled back {SESSIONS_MIGRATION}")
+    if later:
+        # They ran against the table just dropped; the ledger must not claim them.
+        _unrecord(db, settings, later)
+        print(f"unrecorded {', '.join(later)} (applied by this run after {SESSIONS_MIGRATION})")
+        ledger_tables = {("table", settings.ledger), ("table", "sessionctl_migration_checksums"),
+                         ("table", "sqlite_sequence")}
+        left = sorted(_schema_objects(db) - schema_before - ledger_tables)
+        if left:
+            print("left in place, remove by hand: " + ", ".join(f"{t} {n}" for t, n in left))
 
 
 def register(app: typer.Typer) -> None:

@@ -54,6 +54,7 @@ def render_rows(
     else:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
         cells = [["" if row.get(c) is None else str(row.get(c)) for c in columns] for row in rows]
@@ -67,7 +68,7 @@ def render_rows(
             else:
                 table.add_column(column, overflow="fold")
         for line in cells:
-            table.add_row(*line)
+            table.add_row(*(Text(cell) for cell in line))  # stored text, never rich markup
         Console(file=out, soft_wrap=True).print(table)
     out.flush()
     return count

@@ -160,6 +160,7 @@ def show(
         render_object(decoded)
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from sessionctl.cli.timefmt import absolute, ago, expires
@@ -169,8 +170,8 @@ def show(
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("user_id", row["user_id"])
-    grid.add_row("status", row["status"] + ("  [bold red]EXPIRED[/]" if expired else ""))
+    grid.add_row("user_id", escape(row["user_id"]))
+    grid.add_row("status", escape(row["status"]) + ("  [bold red]EXPIRED[/]" if expired else ""))
     grid.add_row("created", f"{absolute(row['created_at'])}  ({ago(row['created_at'], now)})")
     grid.add_row("updated", f"{absolute(row['updated_at'])}  ({ago(row['updated_at'], now)})")
     grid.add_row("expires", f"{absolute(row['expires_at'])}  ({expires(row['expires_at'], now)})")
@@ -179,15 +180,15 @@ def show(
         if text is None:
             shown = "null"
         elif decoded[column] is text:  # did not decode: show it raw, flagged
-            shown = f"{text}\n[bold red]MALFORMED JSON[/] (shown raw)"
+            shown = f"{escape(text)}\n[bold red]MALFORMED JSON[/] (shown raw)"
         else:
-            shown = json.dumps(decoded[column], ensure_ascii=False, indent=2)
+            shown = escape(json.dumps(decoded[column], ensure_ascii=False, indent=2))
         grid.add_row(column, shown)
     messages = decoded["messages"]
     if isinstance(messages, list):
         grid.add_row("message count", str(len(messages)))
         if messages:
-            grid.add_row("last message", json.dumps(messages[-1], ensure_ascii=False))
+            grid.add_row("last message", escape(json.dumps(messages[-1], ensure_ascii=False)))
     Console(soft_wrap=False, highlight=False).print(grid)
 
 
@@ -328,7 +329,7 @@ def import_(
         raise UsageError(f"unknown --on-conflict {on_conflict!r}: use one of {', '.join(CONFLICT_POLICIES)}")
     settings: Settings = ctx.obj
     if file == "-":
-        lines = sys.stdin.read().splitlines()
+        lines = list(sys.stdin)  # "\n" only: str.splitlines() also splits on U+2028, U+0085, ...
         source = "<stdin>"
         reread = lambda: iter(lines)  # noqa: E731
     else:
