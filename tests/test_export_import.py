@@ -15,29 +15,10 @@ from conftest import SESSIONCTL, assert_one_error_line
 from sessionctl.migrations import apply_migrations, bundled_migrations_dir, discover_migrations
 from sessionctl.repository import COLUMNS, now_ms
 from sessionctl.targets.sqlite_file import open_sqlite_file
+from rows import insert_rows as insert, raw_rows
 
 MINUTE = 60_000
 STATUSES = "gathering, recommending, selecting, ordering, completed"
-
-
-def insert(db_path: Path, rows: list[dict]) -> None:
-    conn = sqlite3.connect(db_path)
-    with conn:
-        conn.executemany(
-            f"INSERT INTO server_sessions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})",
-            [tuple(r.get(c) for c in COLUMNS) for r in rows],
-        )
-    conn.close()
-
-
-def raw_rows(db_path: Path) -> list[tuple]:
-    """Every row exactly as stored: each value with its SQLite type, text as its UTF-8 bytes in hex."""
-    columns = ", ".join(f"typeof({c}), CASE WHEN typeof({c}) = 'text' THEN hex({c}) ELSE {c} END" for c in COLUMNS)
-    conn = sqlite3.connect(db_path)
-    try:
-        return conn.execute(f"SELECT {columns} FROM server_sessions ORDER BY user_id").fetchall()
-    finally:
-        conn.close()
 
 
 def user_ids(db_path: Path) -> list[str]:

@@ -17,6 +17,7 @@ from sessionctl.repository import (
     now_ms,
     save_server_session,
 )
+from rows import insert_rows as insert
 
 MINUTE = 60_000
 
@@ -34,16 +35,6 @@ def row(user_id: str, expires_at: int, **overrides) -> dict:
     }
     values.update(overrides)
     return values
-
-
-def insert(db_path: Path, rows: list[dict]) -> None:
-    conn = sqlite3.connect(db_path)
-    with conn:
-        conn.executemany(
-            f"INSERT INTO server_sessions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})",
-            [tuple(r[c] for c in COLUMNS) for r in rows],
-        )
-    conn.close()
 
 
 def raw_rows(db_path: Path) -> dict[str, tuple]:

@@ -15,6 +15,7 @@ from conftest import assert_one_error_line
 from sessionctl.migrations import apply_migrations, bundled_migrations_dir, discover_migrations
 from sessionctl.repository import COLUMNS, SORT_COLUMNS, SessionQuery, build_list_query, now_ms
 from sessionctl.targets.sqlite_file import open_sqlite_file
+from rows import insert_rows as insert
 
 MINUTE = 60_000
 CURSOR_PREFIX = "sessionctl: more rows may follow: --cursor "
@@ -42,16 +43,6 @@ def session_row(
         "updated_at": now - updated_ago,
         "expires_at": now + expires_in,
     }
-
-
-def insert(db_path: Path, rows: list[dict]) -> None:
-    conn = sqlite3.connect(db_path)
-    with conn:
-        conn.executemany(
-            f"INSERT INTO server_sessions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})",
-            [tuple(row[c] for c in COLUMNS) for row in rows],
-        )
-    conn.close()
 
 
 def ndjson_ids(stdout: str) -> list[str]:

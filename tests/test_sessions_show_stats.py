@@ -11,19 +11,14 @@ import pytest
 
 from conftest import assert_one_error_line
 from sessionctl.repository import COLUMNS, get_server_session, now_ms
+from rows import insert_rows
 
 MINUTE = 60_000
 LABEL_WIDTH = len("last_recommendation") + 2  # the grid's first column and its padding
 
 
 def insert(db_path: Path, *rows: dict) -> None:
-    conn = sqlite3.connect(db_path)
-    with conn:
-        conn.executemany(
-            f"INSERT INTO server_sessions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})",
-            [tuple(row.get(c) for c in COLUMNS) for row in rows],
-        )
-    conn.close()
+    insert_rows(db_path, rows)
 
 
 def utc(ms: int) -> str:
@@ -183,7 +178,6 @@ def test_show_json_flag_is_format_json(cli, db_path, live_session):
 
 
 def test_show_json_keeps_malformed_columns_raw_for_an_expired_row(cli, db_path, migrated_db):
-    now = now_ms()
     insert(db_path, {
         "user_id": "x", "status": "ordering", "collected_info": "{bad", "last_recommendation": '"rec"',
         "messages": None, "created_at": 1, "updated_at": 2, "expires_at": 3,

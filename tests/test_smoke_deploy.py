@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import MIGRATIONS_DIR, SESSIONS_MIGRATION, assert_one_error_line, copy_migrations
-from sessionctl.repository import COLUMNS, SESSION_TTL_MS, now_ms
+from sessionctl.repository import SESSION_TTL_MS, now_ms
+from rows import insert_rows as insert, raw_rows
 
 MINUTE = 60_000
 CHECK_NAMES = [
@@ -39,26 +40,6 @@ BEGIN
   UPDATE server_sessions SET messages = '[]' WHERE user_id = NEW.user_id;
 END;
 """
-
-
-def insert(db_path: Path, rows: list[dict]) -> None:
-    conn = sqlite3.connect(db_path)
-    with conn:
-        conn.executemany(
-            f"INSERT INTO server_sessions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})",
-            [tuple(r[c] for c in COLUMNS) for r in rows],
-        )
-    conn.close()
-
-
-def raw_rows(db_path: Path) -> list[tuple]:
-    """Every row as stored, with each value's SQLite type and text as UTF-8 hex."""
-    columns = ", ".join(f"typeof({c}), CASE WHEN typeof({c}) = 'text' THEN hex({c}) ELSE {c} END" for c in COLUMNS)
-    conn = sqlite3.connect(db_path)
-    try:
-        return conn.execute(f"SELECT {columns} FROM server_sessions ORDER BY user_id").fetchall()
-    finally:
-        conn.close()
 
 
 def smoke_rows(db_path: Path) -> list[str]:

@@ -36,7 +36,7 @@ def deploy(
 ) -> None:
     """migrate → verify → smoke, stopping at the first failure (exit 1)."""
     from sessionctl.checks import run_checks
-    from sessionctl.migrations import apply_migrations
+    from sessionctl.cli.schema import apply_and_report
     from sessionctl.smoke import run_smoke
 
     settings: Settings = ctx.obj
@@ -46,14 +46,7 @@ def deploy(
     schema_before = _schema_objects(db)
 
     print("== migrate")
-    applied = []
-    for outcome in apply_migrations(db, files, settings.ledger):
-        print(f"applied {outcome.name}" if outcome.outcome == "applied"
-              else f"{outcome.name} was applied by another process meanwhile")
-        if outcome.outcome == "applied":
-            applied.append(outcome.name)
-    if not applied:
-        print("nothing to apply: every migration is applied")
+    applied = apply_and_report(db, files, settings.ledger)
 
     for step, run in (("verify", lambda: run_checks(db, migration, settings.ledger)),
                       ("smoke", lambda: run_smoke(db))):

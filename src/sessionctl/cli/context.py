@@ -12,7 +12,6 @@ from sessionctl.errors import MigrationsDirError, RefusedError, UsageError, Wran
 if TYPE_CHECKING:  # imported when a command needs them, not at start-up
     from sessionctl.migrations import MigrationFile
     from sessionctl.targets.base import Database
-    from sessionctl.targets.wrangler import D1Database
 
 DEFAULT_DB = Path("sessions.db")
 DEFAULT_LEDGER = "d1_migrations"

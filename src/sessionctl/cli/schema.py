@@ -9,7 +9,7 @@ import typer
 
 from sessionctl.cli.context import Settings
 from sessionctl.cli.options import DryRunOption, FormatOption, JsonOption, YesOption, chosen_format
-from sessionctl.cli.render import Format, render_checks, render_object, render_rows
+from sessionctl.cli.render import Format, render_checks, render_rows
 
 
 def migrate(
@@ -18,7 +18,7 @@ def migrate(
 ) -> None:
     """Apply pending migrations, each file with its ledger row in one transaction."""
     from sessionctl.errors import DatabaseNotFoundError
-    from sessionctl.migrations import apply_migrations, pending_migrations, plan_statements
+    from sessionctl.migrations import pending_migrations, plan_statements
 
     settings: Settings = ctx.obj
     files = settings.migrations()
@@ -40,16 +40,24 @@ def migrate(
                     sql = sql.replace("?", "'" + str(value).replace("'", "''") + "'", 1)
                 print(sql.rstrip(";") + ";")
         return
-    db = settings.open(create=True)
-    done = 0
+    apply_and_report(settings.open(create=True), files, ledger)
+
+
+def apply_and_report(db, files, ledger: str) -> list[str]:
+    """Apply pending files, one line each; return the names this run applied."""
+    from sessionctl.migrations import apply_migrations
+
+    applied, seen = [], 0
     for outcome in apply_migrations(db, files, ledger):
-        done += 1
+        seen += 1
         if outcome.outcome == "applied":
+            applied.append(outcome.name)
             print(f"applied {outcome.name}")
         else:
             print(f"{outcome.name} was applied by another process meanwhile")
-    if not done:
+    if not seen:
         print("nothing to apply: every migration is applied")
+    return applied
 
 
 def status(
