@@ -20,7 +20,7 @@ from sessionctl import __version__
 from sessionctl.repository import ServerSession, save_server_session
 from sessionctl.targets.sqlite_file import open_sqlite_file
 
-CHECK_NAMES = ["table", "index", "columns", "status check", "cleanup uses index", "ledger"]
+CHECK_NAMES = ["table", "index", "columns", "status check", "cleanup uses index", "ledger", "migrations unchanged"]
 STATUSES = "['gathering', 'recommending', 'selecting', 'ordering', 'completed']"
 T0 = 1_769_558_400_000
 
@@ -597,11 +597,26 @@ def test_verify_fails_when_the_applied_file_was_edited(cli, tmp_path, db_path):
     result = cli("--db", db_path, "--migrations-dir", folder, "verify")
 
     assert result.exit_code == 1
-    ledger_line = result.stdout.splitlines()[-1]
+    ledger_line, unchanged_line = result.stdout.splitlines()[-2:]
     assert ledger_line.startswith("✗ ledger")
     assert ledger_line.endswith(
         f"{SESSIONS_MIGRATION} changed since it was applied (checksum differs from d1_migrations)"
     )
+    assert unchanged_line == f"✗ migrations unchanged  changed since applied: {SESSIONS_MIGRATION}"
+
+
+def test_verify_fails_when_another_applied_file_was_edited(cli, tmp_path, db_path):
+    folder = copy_migrations(tmp_path)
+    (folder / "004_extra.sql").write_text("CREATE TABLE extra(x);\n", encoding="utf-8")
+    _migrate(cli, db_path, "--migrations-dir", folder)
+    (folder / "004_extra.sql").write_text("CREATE TABLE extra(x, y);\n", encoding="utf-8")
+
+    result = cli("--db", db_path, "--migrations-dir", folder, "verify")
+
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert [line[0] for line in lines] == ["✓"] * 6 + ["✗"]
+    assert lines[-1] == "✗ migrations unchanged  changed since applied: 004_extra.sql"
 
 
 def test_verify_on_an_empty_database_fails_every_check(cli, db_path):
@@ -611,8 +626,9 @@ def test_verify_on_an_empty_database_fails_every_check(cli, db_path):
 
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
-    assert [line[0] for line in lines] == ["✗"] * len(CHECK_NAMES)
-    assert lines[0] == "✗ table               no table server_sessions in sqlite_master"
+    # Every schema check fails; nothing applied means nothing was edited since.
+    assert [line[0] for line in lines] == ["✗"] * (len(CHECK_NAMES) - 1) + ["✓"]
+    assert lines[0] == "✗ table                 no table server_sessions in sqlite_master"
 
 
 def test_verify_does_not_write_to_the_database(cli, db_path):
@@ -770,7 +786,7 @@ def test_rollback_drops_nothing_when_a_row_arrives_while_the_backup_is_written(c
 
     _migrate(cli, db_path)
     _save_rows(db_path, 3)
-    real_write = rollback_module.write_backup_file
+    real_write = rollback_module.write_rows_file
 
     def write_then_bot_saves(db, path, *args, **kwargs):
         written = real_write(db, path, *args, **kwargs)
@@ -779,7 +795,7 @@ def test_rollback_drops_nothing_when_a_row_arrives_while_the_backup_is_written(c
         bot.close()
         return written
 
-    monkeypatch.setattr(rollback_module, "write_backup_file", write_then_bot_saves)
+    monkeypatch.setattr(rollback_module, "write_rows_file", write_then_bot_saves)
 
     result = cli("--db", db_path, "rollback", "--yes", "--backup", "b.jsonl")
 
@@ -806,3 +822,23 @@ def test_migrate_adopts_a_table_created_by_wrangler_d1_execute_keeping_its_rows(
     assert result.stdout == f"applied {SESSIONS_MIGRATION}\n"
     assert _sql(db_path, "SELECT count(*) FROM server_sessions") == [(3,)]
     assert cli("--db", db_path, "verify").exit_code == 0
+
+
+def test_help_states_the_exit_codes_once(cli):
+    result = cli("--help")
+    assert result.exit_code == 0
+    assert result.stdout.count("Exit codes:") == 1
+
+
+def test_migrate_dry_run_on_a_missing_database_names_the_target(cli, db_path):
+    result = cli("--db", db_path, "migrate", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [f"sessionctl: target: sqlite file {db_path}"]
+    assert not db_path.exists()
+
+
+@pytest.mark.parametrize("command", [("verify",), ("smoke",), ("sessions", "stats"), ("sessions", "show", "x")])
+def test_object_commands_offer_only_table_and_json(cli, db_path, command):
+    result = cli("--db", db_path, *command, "--format", "csv")
+    assert result.exit_code == 2
+    assert "'csv' is not one of 'table', 'json'" in result.stderr

@@ -364,7 +364,7 @@ def test_import_of_a_file_that_is_not_utf8_exits_2_and_writes_nothing(cli, db_pa
     (tmp_path / "latin1.jsonl").write_bytes(jsonl(session("ok", now, now=now)).encode() + b'{"user_id": "caf\xe9"}\n')
     result = cli("--db", db_path, "sessions", "import", "latin1.jsonl")
     assert result.exit_code == 2
-    assert_one_error_line(result.stderr, "cannot read latin1.jsonl: not UTF-8 (invalid continuation byte)")
+    assert_one_error_line(result.stderr, "cannot read latin1.jsonl: not UTF-8 text (invalid continuation byte); nothing was imported")
     assert raw_rows(db_path) == before
 
 

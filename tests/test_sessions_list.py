@@ -13,7 +13,7 @@ import pytest
 
 from conftest import assert_one_error_line
 from sessionctl.migrations import apply_migrations, bundled_migrations_dir, discover_migrations
-from sessionctl.repository import COLUMNS, SORT_COLUMNS, SessionQuery, build_list_query, now_ms
+from sessionctl.repository import COLUMNS, SESSION_TTL_MS, SORT_COLUMNS, SessionQuery, build_list_query, now_ms
 from sessionctl.targets.sqlite_file import open_sqlite_file
 from rows import insert_rows as insert
 
@@ -653,3 +653,24 @@ def test_list_limit_50_on_a_200k_table_prints_50_rows_and_a_cursor(cli, big_db):
     assert all(row["expires_at"] > now for row in rows)
     assert [r["expires_at"] for r in rows] == sorted(r["expires_at"] for r in rows)
     assert cursor_of(result.stderr) == f"{rows[-1]['expires_at']}:{rows[-1]['user_id']}"
+
+
+def test_user_prefix_ending_just_below_the_surrogates_lists_cleanly(cli, db_path, migrated_db):
+    now = now_ms()
+    insert(db_path, [_session_row("tg\ud7ff-1", now), _session_row("tg\ue000", now), _session_row("tg", now)])
+    result = cli("--db", db_path, "sessions", "list", "--user", "tg\ud7ff", "--format", "ndjson")
+    assert result.exit_code == 0, result.output
+    assert ndjson_ids(result.stdout) == ["tg\ud7ff-1"]
+
+
+def test_after_a_user_id_that_no_longer_exists_pages_by_user(cli, db_path, migrated_db):
+    now = now_ms()
+    insert(db_path, [_session_row(u, now) for u in ("a", "b", "c")])
+    result = cli("--db", db_path, "sessions", "list", "--sort", "user", "--after", "a-gone", "--format", "ndjson")
+    assert result.exit_code == 0, result.output
+    assert ndjson_ids(result.stdout) == ["b", "c"]
+
+
+def _session_row(user_id: str, now: int) -> dict:
+    return {"user_id": user_id, "status": "gathering", "collected_info": "{}", "last_recommendation": None,
+            "messages": "[]", "created_at": now, "updated_at": now, "expires_at": now + SESSION_TTL_MS}

@@ -129,10 +129,10 @@ def assert_ok(result) -> None:
 
 
 def assert_error(result, code: int) -> str:
-    """Exit ``code``, nothing on stdout, exactly one line on stderr: ``sessionctl: error: ...``."""
+    """Exit ``code``, nothing on stdout, one ``sessionctl: error: ...`` line on stderr (besides the target line)."""
     assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr, result.exception)
     assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("sessionctl: target: ")]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("sessionctl: error: "), result.stderr
     return lines[0].removeprefix("sessionctl: error: ")
@@ -615,7 +615,6 @@ def test_read_command_on_missing_local_state_exits_3_and_creates_nothing(run, tm
         (("--db", "x.db", "--local"), None, "--local"),
         (("--db", "x.db", "--config", "wrangler.toml", "--database", "DB"), None, "--config, --database"),
         (("--db", "x.db", "--env", "staging", "--persist-to", "s"), None, "--env, --persist-to"),
-        (("--local",), {"SESSIONCTL_DB": "x.db"}, "--local"),
     ],
 )
 def test_db_cannot_be_combined_with_wrangler_options(run, tmp_path, args, env, combined):
@@ -624,6 +623,15 @@ def test_db_cannot_be_combined_with_wrangler_options(run, tmp_path, args, env, c
     assert message == f"--db (or SESSIONCTL_DB) cannot be combined with {combined}"
     assert not (tmp_path / "x.db").exists()
     assert not (tmp_path / ".wrangler").exists()
+
+
+def test_explicit_local_overrides_sessionctl_db_from_the_environment(run, tmp_path):
+    make_project(tmp_path)
+    result = run("--local", "migrate", env={"SESSIONCTL_DB": "x.db"})
+    assert_ok(result)
+    assert target_line(result).startswith("sessionctl: target: wrangler local D1 telegram-conversations")
+    assert state_file(tmp_path).exists()
+    assert not (tmp_path / "x.db").exists()
 
 
 def test_db_alone_in_a_wrangler_project_uses_the_plain_file(run, tmp_path):
@@ -668,3 +676,25 @@ def test_cf_metadata_is_ignored_by_verify_status_and_stats(run, tmp_path):
         assert conn.execute("SELECT key, value FROM _cf_METADATA").fetchall() == [(2, 4)]
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ('migrations_dir = 5', "d1_databases[0].migrations_dir must be a string, got 5"),
+        ('migrations_table = ["x"]', "d1_databases[0].migrations_table must be a string, got ['x']"),
+    ],
+)
+def test_a_config_value_of_the_wrong_type_is_one_line_exit_2(run, tmp_path, entry, message):
+    config = make_project(tmp_path, TOML + entry + "\n")
+    assert assert_error(run("status"), 2) == f"{config}: {message}"
+
+
+def test_a_database_id_that_is_not_a_string_is_one_line_exit_2(run, tmp_path):
+    config = make_project(tmp_path, TOML.replace(f'database_id = "{ZERO_ID}"', "database_id = 123"))
+    assert assert_error(run("status"), 2) == f"{config}: d1_databases[0].database_id must be a string, got 123"
+
+
+def test_an_env_that_is_not_a_table_is_one_line_exit_2(run, tmp_path):
+    config = make_project(tmp_path, 'env = "staging-x"\n' + TOML)
+    assert assert_error(run("--env", "staging", "status"), 2) == f"{config}: env must be a table of environments"

@@ -1,9 +1,10 @@
-"""JSON Lines backups of ``server_sessions``: ``rollback`` writes them, ``sessions export`` too.
+"""JSON Lines files of ``server_sessions`` rows: ``rollback``'s backup, ``sessions export``/``import``.
 
 One line per row, one object keyed by column name, holding the RAW stored values:
 JSON columns stay the text that was stored (even malformed text, byte for byte),
-times stay epoch milliseconds. Files are written to a temporary name, flushed to
-disk and renamed, so a backup is either complete or absent -- never half-written.
+times stay epoch milliseconds. Text that is not valid UTF-8 is kept too, as
+``\\udcXX`` escapes on an ASCII line. Files are written to a temporary name,
+flushed to disk and renamed, so a file is either complete or absent.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO, Iterable, Iterator
 
 from sessionctl.errors import BackupError, ImportValidationError
-from sessionctl.repository import COLUMNS, TABLE, raw_row_problem
-from sessionctl.targets.base import Database, Row
+from sessionctl.names import TABLE
+from sessionctl.repository import COLUMNS, has_surrogates, raw_row_problem
+from sessionctl.targets.base import Row
 
 DEFAULT_BACKUP_DIR = Path("backups")
 
@@ -34,13 +36,15 @@ def default_backup_path(now: float | None = None) -> Path:
 
 
 def encode_line(row: Row) -> str:
-    for column in COLUMNS:
-        if isinstance(row.get(column), (bytes, bytearray, memoryview)):
+    values = {column: row.get(column) for column in COLUMNS}
+    for column, value in values.items():
+        if isinstance(value, (bytes, bytearray, memoryview)):
             raise BackupError(
                 f"row {row.get('user_id')!r}: column {column} holds a BLOB, "
                 "which a JSON Lines file cannot keep as stored text"
             )
-    return json.dumps({column: row.get(column) for column in COLUMNS}, ensure_ascii=False) + "\n"
+    raw = any(isinstance(v, str) and has_surrogates(v) for v in values.values())
+    return json.dumps(values, ensure_ascii=raw) + "\n"
 
 
 def write_rows(rows: Iterable[Row], out: IO[str]) -> int:
@@ -52,25 +56,8 @@ def write_rows(rows: Iterable[Row], out: IO[str]) -> int:
     return count
 
 
-def iter_raw_rows(db: Database, where: str = "", params: tuple = ()) -> Iterable[Row]:
-    """Every row of server_sessions as stored, in primary-key order, streamed."""
-    sql = f"SELECT {', '.join(COLUMNS)} FROM {TABLE} {where} ORDER BY user_id"
-    return db.iter_query(sql, params)
-
-
-def where_state(state: str, now: int) -> tuple[str, tuple]:
-    """The WHERE clause for --active / --expired / --all."""
-    if state == "active":
-        return "WHERE expires_at > ?", (now,)
-    if state == "expired":
-        return "WHERE expires_at <= ?", (now,)
-    return "", ()
-
-
-def write_backup_file(
-    db: Database, path: Path, where: str = "", params: tuple = (), *, overwrite: bool = False
-) -> int:
-    """Write the rows to ``path`` atomically; return the row count, checked against the file.
+def write_rows_file(rows: Iterable[Row], path: Path, *, overwrite: bool = False) -> int:
+    """Write ``rows`` to ``path`` atomically; return the row count, checked against the file.
 
     A backup never replaces an existing file; an export may (``overwrite=True``).
     """
@@ -84,13 +71,13 @@ def write_backup_file(
         raise BackupError(f"cannot write {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
-            written = write_rows(iter_raw_rows(db, where, params), out)
+            written = write_rows(rows, out)
             out.flush()
             os.fsync(out.fileno())
         with open(tmp_name, encoding="utf-8") as check:
             on_disk = sum(1 for _ in check)
         if on_disk != written:
-            raise BackupError(f"backup {path} holds {on_disk} rows, expected {written}")
+            raise BackupError(f"{path} holds {on_disk} rows, expected {written}")
         os.replace(tmp_name, path)
     except OSError as exc:
         raise BackupError(f"cannot write {path}: {exc.strerror}") from None
@@ -100,10 +87,9 @@ def write_backup_file(
     return written
 
 
-def validate_lines(lines: Iterable[str], source: str) -> int:
-    """Check every line is a storable row; raise naming the first bad line. Returns the row count."""
+def read_rows(lines: Iterable[str], source: str) -> Iterator[Row]:
+    """Parse and validate JSON Lines, yielding rows; raise at the first bad line, naming it."""
     seen: dict[str, int] = {}
-    count = 0
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -119,11 +105,4 @@ def validate_lines(lines: Iterable[str], source: str) -> int:
         if problem is not None:
             raise ImportValidationError(f"{source}:{lineno}: {problem}; nothing was imported")
         seen[row["user_id"]] = lineno
-        count += 1
-    return count
-
-
-def parse_lines(lines: Iterable[str]) -> Iterable[Row]:
-    for line in lines:
-        if line.strip():
-            yield json.loads(line)
+        yield row

@@ -17,10 +17,9 @@ from sessionctl.migrations import (
     MigrationFile,
     migration_status,
 )
-from sessionctl.repository import CLEANUP_SELECT_SQL, STATUSES, TABLE
+from sessionctl.names import INDEX, TABLE
+from sessionctl.repository import CLEANUP_SELECT_SQL, STATUSES
 from sessionctl.targets.base import Database
-
-INDEX = "idx_server_sessions_expires"
 
 
 @dataclass(frozen=True)
@@ -104,9 +103,15 @@ def _status_check_behaviour(table_sql: str) -> tuple[list[str], list[str]]:
 
 
 def run_checks(
-    db: Database, migration: MigrationFile, ledger: str = DEFAULT_LEDGER
+    db: Database,
+    migration: MigrationFile,
+    ledger: str = DEFAULT_LEDGER,
+    all_migrations: list[MigrationFile] | None = None,
 ) -> list[Check]:
-    """Every check verify reports, in order. Never writes to ``db``."""
+    """Every check verify reports, in order. Never writes to ``db``.
+
+    ``all_migrations`` (the whole folder) adds a check that no applied file was edited.
+    """
     expected = expected_schema(migration)
     actual = _schema(db)
     checks: list[Check] = []
@@ -175,4 +180,10 @@ def run_checks(
         add("ledger", True, f"{ledger} records {migration.name}; no checksum recorded (applied outside sessionctl)")
     else:
         add("ledger", True, f"{ledger} records {migration.name}, checksum matches")
+
+    if all_migrations is not None:
+        modified = [s.name for s in migration_status(db, all_migrations, ledger) if s.state == "modified"]
+        add("migrations unchanged", not modified,
+            f"changed since applied: {', '.join(modified)}" if modified
+            else "no applied migration file was edited since it was applied")
     return checks

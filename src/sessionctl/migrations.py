@@ -27,10 +27,10 @@ from sessionctl.errors import (
     ModifiedMigrationError,
     SQLError,
 )
+from sessionctl.names import CHECKSUM_TABLE, DEFAULT_LEDGER
 from sessionctl.targets.base import Database, Statement
 
-DEFAULT_LEDGER = "d1_migrations"
-CHECKSUM_TABLE = "sessionctl_migration_checksums"
+__all__ = ["CHECKSUM_TABLE", "DEFAULT_LEDGER"]  # re-exported: callers name them from here too
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LEADING_NUMBER = re.compile(r"^(\d+)")
@@ -147,7 +147,7 @@ class MigrationState:
         return ""
 
 
-def _table_exists(db: Database, table: str) -> bool:
+def table_exists(db: Database, table: str) -> bool:
     rows = db.query("SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
     return bool(rows)
 
@@ -155,14 +155,14 @@ def _table_exists(db: Database, table: str) -> bool:
 def read_ledger(db: Database, table: str = DEFAULT_LEDGER) -> dict[str, str]:
     """``{name: applied_at}`` for every ledger row, in the order they were applied."""
     check_table_name(table)
-    if not _table_exists(db, table):
+    if not table_exists(db, table):
         return {}
     rows = db.query(f"SELECT name, applied_at FROM {table} ORDER BY id")
     return {row["name"]: row["applied_at"] for row in rows}
 
 
 def read_checksums(db: Database, table: str = DEFAULT_LEDGER) -> dict[str, str]:
-    if not _table_exists(db, CHECKSUM_TABLE):
+    if not table_exists(db, CHECKSUM_TABLE):
         return {}
     rows = db.query(f"SELECT name, sha256 FROM {CHECKSUM_TABLE} WHERE ledger = ?", (table,))
     return {row["name"]: row["sha256"] for row in rows}
@@ -191,6 +191,19 @@ def migration_status(
         if name not in on_disk:
             states.append(MigrationState(name, "applied-without-file", applied_at))
     return states
+
+
+def unrecord_statements(db: Database, names: list[str], table: str = DEFAULT_LEDGER) -> list[Statement]:
+    """The statements that forget ``names`` in the ledger and the checksum table (where they exist)."""
+    statements = []
+    if table_exists(db, table):
+        statements += [Statement(f"DELETE FROM {table} WHERE name = ?", (name,)) for name in names]
+    if table_exists(db, CHECKSUM_TABLE):
+        statements += [
+            Statement(f"DELETE FROM {CHECKSUM_TABLE} WHERE ledger = ? AND name = ?", (table, name))
+            for name in names
+        ]
+    return statements
 
 
 # -- apply -------------------------------------------------------------------------

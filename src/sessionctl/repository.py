@@ -25,6 +25,7 @@ from enum import Enum
 from typing import Any, Callable, Iterable, Iterator
 
 from sessionctl.errors import ConstraintError, InvalidSessionError
+from sessionctl.names import TABLE
 from sessionctl.targets.base import Database, Row, Statement
 
 logger = logging.getLogger("sessionctl.repository")
@@ -32,7 +33,6 @@ logger = logging.getLogger("sessionctl.repository")
 SESSION_TTL_MS = 3600 * 1000
 """A session lives one hour after its last save (the seed's SESSION_TTL_MS)."""
 
-TABLE = "server_sessions"
 COLUMNS = (
     "user_id",
     "status",
@@ -93,30 +93,73 @@ def _now(now: int | None) -> int:
 
 
 def encode_json(value: Any) -> str | None:
-    """Encode like JSON.stringify: compact, and text kept as text ("서버 추천", not \\uc11c...)."""
+    """Encode like JSON.stringify: compact, and text kept as text ("서버 추천", not \\uc11c...).
+
+    A lone surrogate (not UTF-8 text) is written as a \\u escape, as JSON.stringify does.
+    """
     if value is None:
         return None
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if has_surrogates(text):
+        text = json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+    return text
 
 
-_EMPTY: dict[str, Callable[[], Any]] = {
-    "collected_info": dict,
-    "last_recommendation": lambda: None,
-    "messages": list,
+def has_surrogates(text: str) -> bool:
+    """True when ``text`` holds code points UTF-8 cannot encode (invalid bytes read back, lone halves)."""
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+# What each JSON column must decode to, and what a malformed value reads as.
+_JSON_SHAPES: dict[str, tuple[type | None, Callable[[], Any]]] = {
+    "collected_info": (dict, dict),
+    "last_recommendation": (None, lambda: None),
+    "messages": (list, list),
 }
 
 
 def decode_json(user_id: str, column: str, text: str | None) -> Any:
-    """Decode a stored JSON column; a malformed value yields the empty value and a warning."""
+    """Decode a stored JSON column for the agent.
+
+    Not JSON, not UTF-8, or JSON of the wrong shape (``messages`` must be a list,
+    ``collected_info`` an object): the field reads as empty and a warning is logged.
+    """
+    shape, empty = _JSON_SHAPES[column]
     if text is None:
-        return _EMPTY[column]()
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError):
-        logger.warning(
-            "server_sessions row %r: column %s holds malformed JSON; read as empty", user_id, column
-        )
-        return _EMPTY[column]()
+        return empty()
+    problem = None
+    if has_surrogates(text):
+        problem = "text that is not valid UTF-8"
+    else:
+        try:
+            value = json.loads(text)
+        except (TypeError, ValueError):
+            problem = "malformed JSON"
+        else:
+            if shape is None or isinstance(value, shape):
+                return value
+            problem = f"JSON {type(value).__name__}, expected {shape.__name__}"
+    logger.warning("server_sessions row %r: column %s holds %s; read as empty", user_id, column, problem)
+    return empty()
+
+
+def decode_row(row: Row) -> tuple[Row, list[str]]:
+    """For operators: a raw row with its JSON columns decoded, and the columns that would not decode.
+
+    Those keep their raw stored text (the agent's ``get`` reads them as empty instead).
+    """
+    out, malformed = dict(row), []
+    for column in JSON_COLUMNS:
+        text = row.get(column)
+        if text is None:
+            continue
+        try:
+            if has_surrogates(text):
+                raise ValueError("not UTF-8")
+            out[column] = json.loads(text)
+        except ValueError:
+            malformed.append(column)
+    return out, malformed
 
 
 def session_from_row(row: Row) -> ServerSession:
@@ -150,7 +193,7 @@ ON CONFLICT(user_id) DO UPDATE SET
     last_recommendation = excluded.last_recommendation,
     messages = excluded.messages,
     created_at = CASE WHEN {TABLE}.expires_at > excluded.updated_at
-                      THEN {TABLE}.created_at ELSE excluded.updated_at END,
+                      THEN {TABLE}.created_at ELSE excluded.created_at END,
     updated_at = excluded.updated_at,
     expires_at = excluded.expires_at
 RETURNING created_at
@@ -158,16 +201,17 @@ RETURNING created_at
 
 _DELETE_SQL = f"DELETE FROM {TABLE} WHERE user_id = ?"
 
-# Each batch is one short statement that walks the expires_at index, so a bot
-# writing beside the cleanup waits at most one batch for the lock.
-_CLEANUP_BATCH_SQL = f"""
-DELETE FROM {TABLE} WHERE user_id IN (
-    SELECT user_id FROM {TABLE} WHERE expires_at <= ? ORDER BY expires_at LIMIT ?
-)
-""".strip()
-
 CLEANUP_SELECT_SQL = f"SELECT user_id FROM {TABLE} WHERE expires_at <= ? ORDER BY expires_at LIMIT ?"
 """The query cleanup's batches select with; ``verify`` checks that its plan uses the index."""
+
+# Each batch is one short statement that walks the expires_at index, so a bot
+# writing beside the cleanup waits at most one batch for the lock.
+_CLEANUP_BATCH_SQL = f"DELETE FROM {TABLE} WHERE user_id IN ({CLEANUP_SELECT_SQL})"
+_CLEANUP_PREFIX_BATCH_SQL = (
+    f"DELETE FROM {TABLE} WHERE user_id IN ("
+    f"SELECT user_id FROM {TABLE} WHERE expires_at <= ? AND user_id >= ? AND user_id < ? "
+    "ORDER BY expires_at LIMIT ?)"
+)
 
 
 def get_server_session(db: Database, user_id: str, *, now: int | None = None) -> ServerSession | None:
@@ -199,7 +243,7 @@ def save_server_session(
         encode_json(session.collected_info),
         encode_json(session.last_recommendation),
         encode_json(session.messages),
-        at if session.created_at is None else session.created_at,
+        at,  # created_at of a new row; a live stored row keeps its own (see _SAVE_SQL)
         at,
         at + SESSION_TTL_MS,
     )
@@ -212,7 +256,7 @@ def save_server_session(
                 f"must be one of {', '.join(STATUSES)}"
             ) from exc
         raise InvalidSessionError(f"session for user {user_id!r} rejected: {exc}") from exc
-    created_at = result.rows[0]["created_at"] if result.rows else params[5]
+    created_at = result.rows[0]["created_at"] if result.rows else at
     return replace(session, created_at=created_at, updated_at=at, expires_at=at + SESSION_TTL_MS)
 
 
@@ -227,6 +271,7 @@ def cleanup_expired_sessions(
     now: int | None = None,
     batch_size: int = DEFAULT_CLEANUP_BATCH,
     on_batch: Callable[[int], None] | None = None,
+    user_prefix: str | None = None,
 ) -> int:
     """Delete every session with ``expires_at <= now``; return how many were deleted.
 
@@ -234,13 +279,18 @@ def cleanup_expired_sessions(
     bot is never blocked for long. ``now`` is fixed for the whole run: a session the
     bot refreshes meanwhile moves its expires_at past it and survives.
     ``on_batch(deleted)`` is called after each batch with that batch's count.
+    ``user_prefix`` limits the cleanup to user ids starting with it (smoke's own rows).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     cutoff = _now(now)
+    if user_prefix:
+        sql, params = _CLEANUP_PREFIX_BATCH_SQL, (cutoff, *_prefix_range(user_prefix), batch_size)
+    else:
+        sql, params = _CLEANUP_BATCH_SQL, (cutoff, batch_size)
     total = 0
     while True:
-        deleted = db.execute(_CLEANUP_BATCH_SQL, (cutoff, batch_size)).changes
+        deleted = db.execute(sql, params).changes
         total += deleted
         if on_batch is not None and deleted:
             on_batch(deleted)
@@ -248,10 +298,14 @@ def cleanup_expired_sessions(
             return total
 
 
-def count_expired_sessions(db: Database, *, now: int | None = None) -> int:
-    """How many sessions cleanup would delete at ``now``."""
-    rows = db.query(f"SELECT count(*) AS n FROM {TABLE} WHERE expires_at <= ?", (_now(now),))
-    return rows[0]["n"]
+def count_expired_sessions(db: Database, *, now: int | None = None, user_prefix: str | None = None) -> int:
+    """How many sessions cleanup would delete at ``now`` (optionally only ids with ``user_prefix``)."""
+    sql = f"SELECT count(*) AS n FROM {TABLE} WHERE expires_at <= ?"
+    params: tuple = (_now(now),)
+    if user_prefix:
+        sql += " AND user_id >= ? AND user_id < ?"
+        params += _prefix_range(user_prefix)
+    return db.query(sql, params)[0]["n"]
 
 
 # -- the operator's queries (sessionctl sessions ...) ----------------------------------
@@ -283,13 +337,19 @@ class SessionQuery:
 
 
 def _prefix_upper_bound(prefix: str) -> str | None:
-    """The smallest string greater than every string starting with ``prefix``."""
+    """The smallest string greater than every string starting with ``prefix`` (in UTF-8 order)."""
     while prefix:
         last = ord(prefix[-1])
         if last < 0x10FFFF:
-            return prefix[:-1] + chr(last + 1)
+            following = last + 1 if last + 1 != 0xD800 else 0xE000  # surrogates are not text
+            return prefix[:-1] + chr(following)
         prefix = prefix[:-1]
     return None
+
+
+def _prefix_range(prefix: str) -> tuple[str, str]:
+    upper = _prefix_upper_bound(prefix)
+    return prefix, upper if upper is not None else "\U0010ffff" * (len(prefix) + 1)
 
 
 def _user_filter(pattern: str) -> tuple[str, list[Any]]:
@@ -440,16 +500,24 @@ def session_stats(db: Database, *, now: int | None = None) -> SessionStats:
 
 CONFLICT_POLICIES = ("skip", "replace", "newer")
 
+# CAST(? AS TEXT): a value read back from invalid UTF-8 is bound as its bytes and stored
+# as the same TEXT it was, so a backup restores byte for byte.
+_IMPORT_VALUES = "CAST(? AS TEXT), ?, CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), ?, ?, ?"
 _UPDATE_ALL = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "user_id")
 _IMPORT_SQL = {
-    "skip": f"INSERT INTO {TABLE} ({_SELECT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "skip": f"INSERT INTO {TABLE} ({_SELECT_COLUMNS}) VALUES ({_IMPORT_VALUES}) "
     "ON CONFLICT(user_id) DO NOTHING",
-    "replace": f"INSERT INTO {TABLE} ({_SELECT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "replace": f"INSERT INTO {TABLE} ({_SELECT_COLUMNS}) VALUES ({_IMPORT_VALUES}) "
     f"ON CONFLICT(user_id) DO UPDATE SET {_UPDATE_ALL}",
-    "newer": f"INSERT INTO {TABLE} ({_SELECT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "newer": f"INSERT INTO {TABLE} ({_SELECT_COLUMNS}) VALUES ({_IMPORT_VALUES}) "
     f"ON CONFLICT(user_id) DO UPDATE SET {_UPDATE_ALL} "
     f"WHERE excluded.updated_at > {TABLE}.updated_at",
 }
+
+
+def iter_session_rows(db: Database, state: str = "all", *, now: int | None = None) -> Iterator[Row]:
+    """Every raw row (``state`` active / expired / all) in user_id order, streamed: export's source."""
+    return list_sessions(db, SessionQuery(state=state, sort="user", limit=None), now=now)
 
 
 def raw_row_problem(row: Any) -> str | None:
@@ -473,14 +541,31 @@ def raw_row_problem(row: Any) -> str | None:
     for column in JSON_COLUMNS:
         if not isinstance(row.get(column), (str, type(None))):
             return f"{column} must be the stored JSON text (a string) or null"
+    for column in ("user_id", *JSON_COLUMNS):
+        value = row.get(column)
+        if isinstance(value, str) and has_surrogates(value):
+            try:
+                value.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                return f"{column} holds a lone surrogate, which is not storable text"
     return None
 
 
+def _bindable(value: Any) -> Any:
+    if isinstance(value, str) and has_surrogates(value):
+        return value.encode("utf-8", "surrogateescape")
+    return value
+
+
 def import_session_rows(db: Database, rows: Iterable[Row], on_conflict: str = "skip") -> tuple[int, int]:
-    """Write validated raw rows in ONE transaction; return (written, skipped)."""
+    """Write raw rows in ONE transaction; return (written, skipped).
+
+    ``rows`` may be a generator that validates as it goes: if it raises, the
+    transaction is rolled back and nothing is written.
+    """
     if on_conflict not in CONFLICT_POLICIES:
         raise ValueError(f"on_conflict must be one of {', '.join(CONFLICT_POLICIES)}")
     sql = _IMPORT_SQL[on_conflict]
-    results = db.batch(Statement(sql, tuple(row.get(c) for c in COLUMNS)) for row in rows)
+    results = db.batch(Statement(sql, tuple(_bindable(row.get(c)) for c in COLUMNS)) for row in rows)
     written = sum(1 for result in results if result.changes)
     return written, len(results) - written

@@ -17,16 +17,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sessionctl.backup import write_backup_file
+from sessionctl.backup import write_rows_file
 from sessionctl.errors import RollbackError, SQLError
-from sessionctl.migrations import CHECKSUM_TABLE, DEFAULT_LEDGER, check_table_name, read_ledger
-from sessionctl.repository import TABLE
+from sessionctl.migrations import check_table_name, read_ledger, table_exists, unrecord_statements
+from sessionctl.names import DEFAULT_LEDGER, INDEX, SESSIONS_MIGRATION, TABLE
+from sessionctl.repository import iter_session_rows
 from sessionctl.targets.base import Database, Statement
 
-MIGRATION_NAME = "003_server_sessions_d1.sql"
+MIGRATION_NAME = SESSIONS_MIGRATION
 SEED_ROLLBACK_SQL = (
-    "DROP TABLE IF EXISTS server_sessions",
-    "DROP INDEX IF EXISTS idx_server_sessions_expires",
+    f"DROP TABLE IF EXISTS {TABLE}",
+    f"DROP INDEX IF EXISTS {INDEX}",
 )
 
 _FINGERPRINT_SQL = (
@@ -68,24 +69,12 @@ def _fingerprint(db: Database) -> tuple[int, int, int]:
 
 def plan_rollback(db: Database, ledger: str = DEFAULT_LEDGER) -> RollbackPlan:
     check_table_name(ledger)
-    table_exists = bool(
-        db.query("SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,))
-    )
-    rows = _fingerprint(db)[0] if table_exists else 0
+    has_table = table_exists(db, TABLE)
+    rows = _fingerprint(db)[0] if has_table else 0
     in_ledger = MIGRATION_NAME in read_ledger(db, ledger)
     statements = [Statement(sql) for sql in SEED_ROLLBACK_SQL]
-    if in_ledger:
-        statements.append(Statement(f"DELETE FROM {ledger} WHERE name = ?", (MIGRATION_NAME,)))
-    checksums = db.query(
-        "SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name = ?", (CHECKSUM_TABLE,)
-    )
-    if checksums:
-        statements.append(
-            Statement(
-                f"DELETE FROM {CHECKSUM_TABLE} WHERE ledger = ? AND name = ?", (ledger, MIGRATION_NAME)
-            )
-        )
-    return RollbackPlan(table_exists, rows, in_ledger, statements)
+    statements += unrecord_statements(db, [MIGRATION_NAME], ledger)
+    return RollbackPlan(has_table, rows, in_ledger, statements)
 
 
 def rollback_sessions_migration(
@@ -97,7 +86,7 @@ def rollback_sessions_migration(
     if plan.table_exists:
         before = _fingerprint(db)
         if backup_path is not None:
-            written = write_backup_file(db, backup_path)
+            written = write_rows_file(iter_session_rows(db, "all"), backup_path)
             if written != before[0]:
                 raise RollbackError(
                     f"backup {backup_path} holds {written} rows but the table had {before[0]}; "

@@ -101,10 +101,11 @@ class _Run:
         long_ago = 1  # epoch ms: no real session expires this early, so cleanup touches only ours
         saved = save_server_session(self.db, user, ServerSession(), now=long_ago)
         _expect(get_server_session(self.db, user) is None, "an expired session is visible to get")
+        # Scoped to this run's ids: other rows (another smoke's included) are never touched.
         cutoff = saved.expires_at
-        others = count_expired_sessions(self.db, now=cutoff) - 1
-        _expect(others == 0, f"{others} other rows expired before {cutoff}; not running cleanup")
-        deleted = cleanup_expired_sessions(self.db, now=cutoff)
+        own = count_expired_sessions(self.db, now=cutoff, user_prefix=self.prefix)
+        _expect(own == 1, f"{own} rows of this run expired by {cutoff}, expected 1")
+        deleted = cleanup_expired_sessions(self.db, now=cutoff, user_prefix=self.prefix)
         _expect(deleted == 1, f"cleanup deleted {deleted} rows, expected 1")
         _expect(user not in self.own_rows(), "cleanup left the expired session behind")
         return "expired session invisible to get and removed by cleanup"

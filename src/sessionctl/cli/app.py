@@ -28,7 +28,7 @@ class _Group(TyperGroup):
 
 app = typer.Typer(
     cls=_Group,
-    help=f"Operate the bot's server_sessions table (migration 003).\n\n{EXIT_CODES_HELP}",
+    help="Operate the bot's server_sessions table (migration 003).",
     epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
@@ -101,8 +101,10 @@ def main_options(
         level=logging.DEBUG if debug else logging.WARNING,
         format="sessionctl: %(levelname)s: %(message)s",
     )
+    source = ctx.get_parameter_source("db")
     ctx.obj = Settings(
         db_path=db,
+        db_from_env=getattr(source, "name", "") == "ENVIRONMENT",
         config=config,
         database=database,
         env=env,

@@ -7,13 +7,13 @@ from typing import Annotated
 import typer
 
 from sessionctl.cli.context import SESSIONS_MIGRATION, Settings
-from sessionctl.cli.options import FormatOption, JsonOption, chosen_format
-from sessionctl.cli.render import Format, render_checks
+from sessionctl.cli.options import JsonOption, ObjectFormatOption, chosen_format
+from sessionctl.cli.render import Format, ObjectFormat, render_checks
 
 
 def smoke(
     ctx: typer.Context,
-    fmt: FormatOption = Format.table,
+    fmt: ObjectFormatOption = ObjectFormat.table,
     as_json: JsonOption = False,
 ) -> None:
     """Run the seed's testing checklist (create, get, status flow, expiry, concurrency, delete)."""
@@ -41,14 +41,14 @@ def deploy(
 
     settings: Settings = ctx.obj
     files = settings.migrations()
-    migration = settings.sessions_migration()
+    migration = settings.sessions_migration(files)
     db = settings.open(create=True)
     schema_before = _schema_objects(db)
 
     print("== migrate")
     applied = apply_and_report(db, files, settings.ledger)
 
-    for step, run in (("verify", lambda: run_checks(db, migration, settings.ledger)),
+    for step, run in (("verify", lambda: run_checks(db, migration, settings.ledger, files)),
                       ("smoke", lambda: run_smoke(db))):
         print(f"== {step}")
         checks = run()
@@ -68,20 +68,15 @@ def _schema_objects(db) -> set[tuple[str, str]]:
 
 
 def _unrecord(db, settings: Settings, names: list[str]) -> None:
-    from sessionctl.migrations import CHECKSUM_TABLE
-    from sessionctl.targets.base import Statement
+    from sessionctl.migrations import unrecord_statements
 
-    db.batch(
-        [Statement(f"DELETE FROM {settings.ledger} WHERE name = ?", (name,)) for name in names]
-        + [Statement(f"DELETE FROM {CHECKSUM_TABLE} WHERE ledger = ? AND name = ?", (settings.ledger, name))
-           for name in names]
-    )
+    db.batch(unrecord_statements(db, names, settings.ledger))
 
 
 def _roll_back(db, settings: Settings, applied: list[str], schema_before: set[tuple[str, str]]) -> None:
     """Undo what this run applied: 003 by the seed's rollback, the later files by unrecording them."""
     from sessionctl.backup import default_backup_path
-    from sessionctl.repository import TABLE
+    from sessionctl.names import CHECKSUM_TABLE, TABLE
     from sessionctl.rollback import plan_rollback, rollback_sessions_migration
 
     print("== rollback (--rollback-on-failure)")
@@ -103,7 +98,7 @@ def _roll_back(db, settings: Settings, applied: list[str], schema_before: set[tu
         # They ran against the table just dropped; the ledger must not claim them.
         _unrecord(db, settings, later)
         print(f"unrecorded {', '.join(later)} (applied by this run after {SESSIONS_MIGRATION})")
-        ledger_tables = {("table", settings.ledger), ("table", "sessionctl_migration_checksums"),
+        ledger_tables = {("table", settings.ledger), ("table", CHECKSUM_TABLE),
                          ("table", "sqlite_sequence")}
         left = sorted(_schema_objects(db) - schema_before - ledger_tables)
         if left:

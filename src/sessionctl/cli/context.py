@@ -13,9 +13,9 @@ if TYPE_CHECKING:  # imported when a command needs them, not at start-up
     from sessionctl.migrations import MigrationFile
     from sessionctl.targets.base import Database
 
+from sessionctl.names import DEFAULT_LEDGER, SESSIONS_MIGRATION
+
 DEFAULT_DB = Path("sessions.db")
-DEFAULT_LEDGER = "d1_migrations"
-SESSIONS_MIGRATION = "003_server_sessions_d1.sql"
 
 
 @dataclass
@@ -29,6 +29,7 @@ class Target:
 @dataclass
 class Settings:
     db_path: Path | None = None
+    db_from_env: bool = False  # SESSIONCTL_DB, which explicit wrangler options override
     config: Path | None = None
     database: str | None = None
     env: str | None = None
@@ -40,6 +41,7 @@ class Settings:
     debug: bool = False
     quiet: bool = False
     _target: Target | None = field(default=None, repr=False)
+    _announced: bool = field(default=False, repr=False)
 
     # -- which database -----------------------------------------------------------
 
@@ -54,7 +56,7 @@ class Settings:
                                      ("--env", self.env), ("--local", self.local),
                                      ("--persist-to", self.persist_to)) if value
         ]
-        if self.db_path is not None:
+        if self.db_path is not None and not (self.db_from_env and wrangler_options):
             if wrangler_options:
                 raise UsageError(f"--db (or SESSIONCTL_DB) cannot be combined with {', '.join(wrangler_options)}")
             return Target(self.db_path, f"sqlite file {self.db_path}")
@@ -89,10 +91,14 @@ class Settings:
         from sessionctl.targets.sqlite_file import open_sqlite_file
 
         target = self.target()
-        db = open_sqlite_file(target.path, create=create, timeout=self.timeout, description=target.description)
-        if not self.quiet:
-            print(f"sessionctl: target: {db.description}", file=sys.stderr)
-        return db
+        self.announce()
+        return open_sqlite_file(target.path, create=create, timeout=self.timeout, description=target.description)
+
+    def announce(self) -> None:
+        """The one stderr line naming the target (not with --quiet)."""
+        if not self.quiet and not self._announced:
+            print(f"sessionctl: target: {self.target().description}", file=sys.stderr)
+            self._announced = True
 
     # -- which migrations and ledger ---------------------------------------------------
 
@@ -112,8 +118,8 @@ class Settings:
 
         return discover_migrations(self.migrations_folder())
 
-    def sessions_migration(self) -> "MigrationFile":
-        for migration in self.migrations():
+    def sessions_migration(self, files: "list[MigrationFile] | None" = None) -> "MigrationFile":
+        for migration in self.migrations() if files is None else files:
             if migration.name == SESSIONS_MIGRATION:
                 return migration
         raise MigrationsDirError(f"{SESSIONS_MIGRATION} not found in {self.migrations_folder()}")

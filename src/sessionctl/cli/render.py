@@ -14,14 +14,37 @@ from typing import Any, Iterable, Sequence, TextIO
 
 
 class Format(str, Enum):
+    """For commands that print rows."""
+
     table = "table"
     json = "json"
     ndjson = "ndjson"
     csv = "csv"
 
 
+class ObjectFormat(str, Enum):
+    """For commands that print one object or a list of checks."""
+
+    table = "table"
+    json = "json"
+
+
 def _dumps(value: Any, **kwargs: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str, **kwargs)
+    text = json.dumps(value, ensure_ascii=False, default=str, **kwargs)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # stored bytes that are not UTF-8: keep them, as \udcXX escapes
+        text = json.dumps(value, ensure_ascii=True, default=str, **kwargs)
+    return text
+
+
+def printable(text: str) -> str:
+    """Text for a terminal: bytes that are not UTF-8 shown as U+FFFD instead of failing the write."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def render_rows(
@@ -48,7 +71,7 @@ def render_rows(
         writer.writerow(columns)
         for count, row in enumerate(rows, 1):
             writer.writerow(
-                _dumps(v) if isinstance(v, (dict, list)) else ("" if v is None else v)
+                _dumps(v) if isinstance(v, (dict, list)) else ("" if v is None else printable(str(v)))
                 for v in (row.get(c) for c in columns)
             )
     else:
@@ -57,7 +80,7 @@ def render_rows(
         from rich.text import Text
 
         table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-        cells = [["" if row.get(c) is None else str(row.get(c)) for c in columns] for row in rows]
+        cells = [["" if row.get(c) is None else printable(str(row.get(c))) for c in columns] for row in rows]
         count = len(cells)
         for i, column in enumerate(columns):
             if i < len(columns) - 1:

@@ -8,8 +8,15 @@ from typing import Annotated, Optional
 import typer
 
 from sessionctl.cli.context import Settings
-from sessionctl.cli.options import DryRunOption, FormatOption, JsonOption, YesOption, chosen_format
-from sessionctl.cli.render import Format, render_checks, render_rows
+from sessionctl.cli.options import (
+    DryRunOption,
+    FormatOption,
+    JsonOption,
+    ObjectFormatOption,
+    YesOption,
+    chosen_format,
+)
+from sessionctl.cli.render import Format, ObjectFormat, render_checks, render_rows
 
 
 def migrate(
@@ -28,6 +35,7 @@ def migrate(
             db = settings.open()
             pending = pending_migrations(db, files, ledger)
         except DatabaseNotFoundError:
+            settings.announce()
             pending = files
             print(f"-- {settings.target().path} does not exist; migrate would create it")
         if not pending:
@@ -81,16 +89,17 @@ def status(
 
 def verify(
     ctx: typer.Context,
-    fmt: FormatOption = Format.table,
+    fmt: ObjectFormatOption = ObjectFormat.table,
     as_json: JsonOption = False,
 ) -> None:
     """Prove table, columns, status CHECK, expires_at index and ledger; exit 1 if any is wrong."""
     from sessionctl.checks import run_checks
 
     settings: Settings = ctx.obj
-    migration = settings.sessions_migration()
+    files = settings.migrations()
+    migration = settings.sessions_migration(files)
     db = settings.open()
-    checks = run_checks(db, migration, settings.ledger)
+    checks = run_checks(db, migration, settings.ledger, files)
     render_checks(checks, chosen_format(fmt, as_json))
     if not all(check.ok for check in checks):
         raise typer.Exit(1)

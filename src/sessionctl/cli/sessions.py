@@ -11,8 +11,15 @@ from typing import Annotated, Any, Iterator, List, Optional
 import typer
 
 from sessionctl.cli.context import Settings, confirm_or_refuse
-from sessionctl.cli.options import DryRunOption, FormatOption, JsonOption, YesOption, chosen_format
-from sessionctl.cli.render import Format, render_object, render_rows
+from sessionctl.cli.options import (
+    DryRunOption,
+    FormatOption,
+    JsonOption,
+    ObjectFormatOption,
+    YesOption,
+    chosen_format,
+)
+from sessionctl.cli.render import Format, ObjectFormat, printable, render_object, render_rows
 from sessionctl.errors import UsageError
 
 app = typer.Typer(help="Inspect and purge sessions (through the repository module).", no_args_is_help=True)
@@ -31,18 +38,9 @@ def _state(active: bool, expired: bool, every: bool, default: str) -> str:
 
 
 def _decoded(row: dict[str, Any]) -> dict[str, Any]:
-    """A raw row with its JSON columns decoded; a malformed value stays its raw text."""
-    from sessionctl.repository import JSON_COLUMNS
+    from sessionctl.repository import decode_row
 
-    out = dict(row)
-    for column in JSON_COLUMNS:
-        text = row.get(column)
-        if text is not None:
-            try:
-                out[column] = json.loads(text)
-            except ValueError:
-                out[column] = text
-    return out
+    return decode_row(row)[0]
 
 
 def _message_count(messages: Any) -> str:
@@ -96,6 +94,8 @@ def list_(
     position = None
     if cursor is not None:
         position = _parse_cursor(cursor, sort)
+    elif after is not None and sort == "user":
+        position = (None, after)  # user_id > ? needs no row to exist
     elif after is not None:
         row = find_session_row(db, after)
         if row is None:
@@ -143,7 +143,7 @@ def _parse_cursor(token: str, sort: str) -> tuple[Any, str]:
 def show(
     ctx: typer.Context,
     user_id: Annotated[str, typer.Argument(help="The session's user_id")],
-    fmt: FormatOption = Format.table,
+    fmt: ObjectFormatOption = ObjectFormat.table,
     as_json: JsonOption = False,
 ) -> None:
     """Show every field of one session, expired or not."""
@@ -155,7 +155,9 @@ def show(
     row = find_session_row(db, user_id)
     if row is None:
         raise SessionNotFoundError(f"no session for user_id {user_id!r}")
-    decoded = _decoded(row)
+    from sessionctl.repository import decode_row
+
+    decoded, malformed = decode_row(row)
     if chosen_format(fmt, as_json) is not Format.table:
         render_object(decoded)
         return
@@ -170,7 +172,7 @@ def show(
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("user_id", escape(row["user_id"]))
+    grid.add_row("user_id", escape(printable(row["user_id"])))
     grid.add_row("status", escape(row["status"]) + ("  [bold red]EXPIRED[/]" if expired else ""))
     grid.add_row("created", f"{absolute(row['created_at'])}  ({ago(row['created_at'], now)})")
     grid.add_row("updated", f"{absolute(row['updated_at'])}  ({ago(row['updated_at'], now)})")
@@ -179,23 +181,23 @@ def show(
         text = row[column]
         if text is None:
             shown = "null"
-        elif decoded[column] is text:  # did not decode: show it raw, flagged
-            shown = f"{escape(text)}\n[bold red]MALFORMED JSON[/] (shown raw)"
+        elif column in malformed:  # did not decode: show it raw, flagged
+            shown = f"{escape(printable(text))}\n[bold red]MALFORMED JSON[/] (shown raw)"
         else:
-            shown = escape(json.dumps(decoded[column], ensure_ascii=False, indent=2))
+            shown = escape(printable(json.dumps(decoded[column], ensure_ascii=False, indent=2)))
         grid.add_row(column, shown)
     messages = decoded["messages"]
     if isinstance(messages, list):
         grid.add_row("message count", str(len(messages)))
         if messages:
-            grid.add_row("last message", escape(json.dumps(messages[-1], ensure_ascii=False)))
+            grid.add_row("last message", escape(printable(json.dumps(messages[-1], ensure_ascii=False))))
     Console(soft_wrap=False, highlight=False).print(grid)
 
 
 @app.command()
 def stats(
     ctx: typer.Context,
-    fmt: FormatOption = Format.table,
+    fmt: ObjectFormatOption = ObjectFormat.table,
     as_json: JsonOption = False,
 ) -> None:
     """Session analytics: counts by status, live vs expired, what expires soon, size."""
@@ -301,17 +303,18 @@ def export(
     every: StateAll = False,
 ) -> None:
     """Write sessions as JSON Lines with raw column values (the rollback backup format)."""
-    from sessionctl.backup import iter_raw_rows, where_state, write_backup_file, write_rows
-    from sessionctl.repository import now_ms
+    from sessionctl.backup import write_rows, write_rows_file
+    from sessionctl.repository import iter_session_rows
 
     settings: Settings = ctx.obj
-    where, params = where_state(_state(active, expired, every, "all"), now_ms())
+    state = _state(active, expired, every, "all")
     db = settings.open()
+    rows = iter_session_rows(db, state)
     if output == "-":
-        write_rows(iter_raw_rows(db, where, params), sys.stdout)
+        write_rows(rows, sys.stdout)
         sys.stdout.flush()
         return
-    count = write_backup_file(db, Path(output), where, params, overwrite=True)
+    count = write_rows_file(rows, Path(output), overwrite=True)
     print(f"exported {count} sessions to {output}", file=sys.stderr)
 
 
@@ -321,35 +324,32 @@ def import_(
     file: Annotated[str, typer.Argument(help="JSON Lines file (as written by export or rollback), or -")],
     on_conflict: Annotated[str, typer.Option(help="skip | replace | newer (keep the larger updated_at)")] = "skip",
 ) -> None:
-    """Import sessions: every line is validated first; then all rows go in one transaction."""
-    from sessionctl.backup import parse_lines, validate_lines
+    """Import sessions in one transaction; any bad line (named by number) and nothing is written."""
+    from sessionctl.backup import read_rows
     from sessionctl.repository import CONFLICT_POLICIES, import_session_rows
 
     if on_conflict not in CONFLICT_POLICIES:
         raise UsageError(f"unknown --on-conflict {on_conflict!r}: use one of {', '.join(CONFLICT_POLICIES)}")
     settings: Settings = ctx.obj
     if file == "-":
-        lines = list(sys.stdin)  # "\n" only: str.splitlines() also splits on U+2028, U+0085, ...
-        source = "<stdin>"
-        reread = lambda: iter(lines)  # noqa: E731
+        handle, source = sys.stdin, "<stdin>"
     else:
-        path = Path(file)
-        source = str(path)
+        source = file
         try:
-            with path.open(encoding="utf-8") as handle:
-                handle.read(0)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-
-        def reread() -> Iterator[str]:
-            with path.open(encoding="utf-8") as handle:
-                yield from handle
-
-    db = settings.open()
+            handle = open(file, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot read {file}: {exc.strerror}") from None
     try:
-        count = validate_lines(reread(), source)
+        db = settings.open()
+        # One pass: rows are validated as they stream into the one transaction, which a
+        # bad line rolls back whole.
+        written, skipped = import_session_rows(db, read_rows(handle, source), on_conflict)
     except UnicodeDecodeError as exc:
-        raise UsageError(f"cannot read {source}: not UTF-8 ({exc.reason})") from None
-    written, skipped = import_session_rows(db, parse_lines(reread()), on_conflict)
-    print(f"imported {written} of {count} sessions from {source}"
+        raise UsageError(f"cannot read {source}: not UTF-8 text ({exc.reason}); nothing was imported") from None
+    except IsADirectoryError:
+        raise UsageError(f"cannot read {source}: Is a directory") from None
+    finally:
+        if handle is not sys.stdin:
+            handle.close()
+    print(f"imported {written} of {written + skipped} sessions from {source}"
           + (f" ({skipped} skipped: on-conflict {on_conflict})" if skipped else ""))

@@ -60,6 +60,9 @@ def open_sqlite_file(
         )
     except sqlite3.Error as exc:
         raise DatabaseUnavailableError(f"cannot open {path}: {exc}") from None
+    # Text that is not valid UTF-8 reads back with its bytes as surrogate escapes
+    # instead of failing the whole query: one bad row must not stop a listing or a backup.
+    conn.text_factory = lambda data: data.decode("utf-8", "surrogateescape")
     db = SqliteFileDatabase(conn, path, timeout, description or f"sqlite file {path}")
     # Reading the schema is what tells a text file or a truncated file from a database.
     db.query("SELECT count(*) AS n FROM sqlite_master")

@@ -101,20 +101,30 @@ def load_config(path: Path) -> dict[str, Any]:
 def d1_databases(config_path: Path, data: dict[str, Any], env: str | None) -> list[D1Database]:
     """The D1 entries of the top level, or of ``env.NAME`` (not inherited, as in wrangler)."""
     section = data
+    prefix = ""
     if env is not None:
         envs = data.get("env") or {}
+        if not isinstance(envs, dict):
+            raise WranglerConfigError(f"{config_path}: env must be a table of environments")
         if env not in envs:
             known = ", ".join(sorted(envs)) or "none"
             raise UsageError(f"no environment {env!r} in {config_path} (environments: {known})")
         section = envs[env]
+        prefix = f"env.{env}."
+        if not isinstance(section, dict):
+            raise WranglerConfigError(f"{config_path}: {prefix[:-1]} must be a table")
     entries = section.get("d1_databases") or []
     if not isinstance(entries, list):
-        raise WranglerConfigError(f"{config_path}: d1_databases must be a list")
+        raise WranglerConfigError(f"{config_path}: {prefix}d1_databases must be a list")
     folder = config_path.parent
     databases = []
     for index, entry in enumerate(entries):
+        where = f"{config_path}: {prefix}d1_databases[{index}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("binding"), str):
-            raise WranglerConfigError(f"{config_path}: d1_databases[{index}] has no binding")
+            raise WranglerConfigError(f"{where} has no binding")
+        for key in ("database_name", "database_id", "preview_database_id", "migrations_dir", "migrations_table"):
+            if key in entry and not isinstance(entry[key], str):
+                raise WranglerConfigError(f"{where}.{key} must be a string, got {entry[key]!r}")
         databases.append(
             D1Database(
                 binding=entry["binding"],

@@ -1,0 +1,7 @@
+"""The names migration 003 and the ledger give things, defined once (and cheap to import)."""
+
+TABLE = "server_sessions"
+INDEX = "idx_server_sessions_expires"
+SESSIONS_MIGRATION = "003_server_sessions_d1.sql"
+DEFAULT_LEDGER = "d1_migrations"  # wrangler's default migrations_table
+CHECKSUM_TABLE = "sessionctl_migration_checksums"
