@@ -9,6 +9,7 @@ from sessionctl.repository import (
     SESSION_TTL_MS,
     ServerSession,
     SessionStatus,
+    cleanup_expired_sessions,
     delete_server_session,
     get_server_session,
     now_ms,
@@ -31,6 +32,9 @@ session.last_recommendation = {"plan": "vps-2c-4g", "region": "서울", "monthly
 session.messages.append({"role": "assistant", "content": "vps-2c-4g (서울) 추천드립니다."})
 save_server_session(db, "tg:1001", session)
 
+# The cron job removes expired sessions and says how many.
+print("cleanup removed", cleanup_expired_sessions(db), "expired sessions")
+
 # Two more users at other steps, and one whose session expired an hour ago.
 save_server_session(db, "tg:1002", ServerSession(status=SessionStatus.SELECTING,
                     collected_info={"os": "ubuntu-24.04"}, messages=[{"role": "user", "content": "2번이요"}]))
@@ -41,4 +45,5 @@ for user_id in ("tg:1001", "tg:1002", "tg:1003", "tg:0999"):
     found = get_server_session(db, user_id)
     print(f"{user_id}: " + (f"{found.status}, {len(found.messages)} messages" if found else "no live session (expired)"))
 
-delete_server_session(db, "tg:cancelled")  # cancel_consultation: deleting a missing session is fine
+# cancel_consultation: delete the session (False: there was none).
+print("cancelled tg:1004:", delete_server_session(db, "tg:1004"))

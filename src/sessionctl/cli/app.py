@@ -71,6 +71,9 @@ def main_options(
     local: Annotated[
         bool, typer.Option("--local", help="wrangler's local D1 state (the default in a wrangler project)")
     ] = False,
+    remote: Annotated[
+        bool, typer.Option("--remote", help="Cloudflare D1 over its HTTP API (CLOUDFLARE_API_TOKEN, CLOUDFLARE_ACCOUNT_ID)")
+    ] = False,
     persist_to: Annotated[
         Optional[Path], typer.Option("--persist-to", help="wrangler's --persist-to folder", show_default=False)
     ] = None,
@@ -109,6 +112,7 @@ def main_options(
         database=database,
         env=env,
         local=local,
+        remote=remote,
         persist_to=persist_to,
         migrations_dir=migrations_dir,
         migrations_table=migrations_table,

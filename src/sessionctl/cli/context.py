@@ -12,6 +12,7 @@ from sessionctl.errors import MigrationsDirError, RefusedError, UsageError, Wran
 if TYPE_CHECKING:  # imported when a command needs them, not at start-up
     from sessionctl.migrations import MigrationFile
     from sessionctl.targets.base import Database
+    from sessionctl.targets.wrangler import D1Database
 
 from sessionctl.names import DEFAULT_LEDGER, SESSIONS_MIGRATION
 
@@ -20,10 +21,11 @@ DEFAULT_DB = Path("sessions.db")
 
 @dataclass
 class Target:
-    path: Path
+    path: Path | None  # None for remote D1
     description: str
     migrations_dir: Path | None = None  # from the wrangler config
     migrations_table: str | None = None
+    remote: dict[str, str] | None = None  # base_url, account_id, database_id (never the token)
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Settings:
     database: str | None = None
     env: str | None = None
     local: bool = False
+    remote: bool = False
     persist_to: Path | None = None
     migrations_dir: Path | None = None
     migrations_table: str | None = None
@@ -54,8 +57,12 @@ class Settings:
         wrangler_options = [
             flag for flag, value in (("--config", self.config), ("--database", self.database),
                                      ("--env", self.env), ("--local", self.local),
-                                     ("--persist-to", self.persist_to)) if value
+                                     ("--remote", self.remote), ("--persist-to", self.persist_to)) if value
         ]
+        if self.local and self.remote:
+            raise UsageError("--local and --remote cannot be used together")
+        if self.remote and self.persist_to:
+            raise UsageError("--persist-to is for the local state; it cannot be used with --remote")
         if self.db_path is not None and not (self.db_from_env and wrangler_options):
             if wrangler_options:
                 raise UsageError(f"--db (or SESSIONCTL_DB) cannot be combined with {', '.join(wrangler_options)}")
@@ -78,6 +85,8 @@ class Settings:
             # A wrangler project without D1: not ours to guess at; the embedded default applies.
             return Target(DEFAULT_DB, f"sqlite file {DEFAULT_DB} (default; {config.name} has no d1_databases)")
         chosen = wrangler.select_database(databases, self.database, config, self.env)
+        if self.remote:
+            return self._remote_target(chosen, data)
         path = wrangler.local_state_file(chosen, self.persist_to)
         return Target(
             path,
@@ -86,11 +95,43 @@ class Settings:
             migrations_table=chosen.migrations_table,
         )
 
+    def _remote_target(self, chosen: "D1Database", data: dict) -> Target:
+        import os
+
+        from sessionctl.targets.d1_http import DEFAULT_BASE_URL
+
+        if not chosen.database_id:
+            raise WranglerConfigError(f"{chosen.config_path}: {chosen.label} has no database_id, which --remote needs")
+        section = (data.get("env") or {}).get(self.env, {}) if self.env else data
+        account = os.environ.get("CLOUDFLARE_ACCOUNT_ID") or section.get("account_id") or data.get("account_id")
+        if not isinstance(account, str) or not account:
+            raise UsageError("--remote needs the account: set CLOUDFLARE_ACCOUNT_ID (or account_id in the config)")
+        base_url = os.environ.get("CLOUDFLARE_API_BASE_URL") or DEFAULT_BASE_URL
+        remote = {"base_url": base_url, "account_id": account, "database_id": chosen.database_id}
+        host = base_url.split("//", 1)[-1].split("/", 1)[0]
+        return Target(
+            None,
+            f"remote D1 {chosen.label} database_id {chosen.database_id} via {host}",
+            migrations_dir=chosen.migrations_dir,
+            migrations_table=chosen.migrations_table,
+            remote=remote,
+        )
+
     def open(self, *, create: bool = False) -> "Database":
         """Open the target; only ``migrate`` (create=True) may create a database file."""
+        target = self.target()
+        if target.remote is not None:
+            import os
+
+            from sessionctl.targets.d1_http import D1HttpDatabase
+
+            token = os.environ.get("CLOUDFLARE_API_TOKEN")
+            if not token:
+                raise UsageError("--remote needs an API token: set CLOUDFLARE_API_TOKEN")
+            self.announce()
+            return D1HttpDatabase(token=token, description=target.description, **target.remote)
         from sessionctl.targets.sqlite_file import open_sqlite_file
 
-        target = self.target()
         self.announce()
         return open_sqlite_file(target.path, create=create, timeout=self.timeout, description=target.description)
 

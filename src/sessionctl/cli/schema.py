@@ -35,9 +35,12 @@ def migrate(
             db = settings.open()
             pending = pending_migrations(db, files, ledger)
         except DatabaseNotFoundError:
+            target = settings.target()
+            if target.path is None:  # remote D1 is never created by migrate
+                raise
             settings.announce()
             pending = files
-            print(f"-- {settings.target().path} does not exist; migrate would create it")
+            print(f"-- {target.path} does not exist; migrate would create it")
         if not pending:
             print("-- nothing to apply")
         for migration in pending:

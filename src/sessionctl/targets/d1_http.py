@@ -1,0 +1,194 @@
+"""Remote Cloudflare D1 over its HTTP API (the database the bot runs on in production).
+
+POST {base}/accounts/{account}/d1/database/{id}/query with {"sql", "params"} or
+{"batch": [...]}: a batch runs as one transaction, which is what ``batch`` means in
+the db interface. D1 rejects explicit BEGIN/COMMIT, so none is ever sent.
+
+Retries follow what is safe: a 429 was not executed, so any request waits
+``retry-after`` and goes again; a 5xx or a dropped connection is retried only for
+reads -- a write may have been applied, so it is reported, never repeated.
+The API token is sent in one header and appears nowhere else: not in messages,
+not in ``repr``, not in logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Iterable, Iterator, Sequence
+from urllib.parse import urlsplit
+
+from sessionctl.errors import (
+    ConstraintError,
+    DatabaseNotFoundError,
+    DatabaseUnavailableError,
+    SQLError,
+)
+from sessionctl.targets.base import Result, Row, Statement
+
+logger = logging.getLogger("sessionctl.targets.d1_http")
+
+DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
+REQUEST_TIMEOUT_S = 35.0  # D1 allows 30 s per request
+MAX_ATTEMPTS = 4
+MAX_RETRY_AFTER_S = 10.0
+
+_D1_SUFFIX = re.compile(r":?\s*SQLITE_[A-Z_]+(?:\s*\[code: \d+\])?\s*$|\s*\[code: \d+\]\s*$")
+
+
+class D1HttpDatabase:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        account_id: str,
+        database_id: str,
+        token: str,
+        description: str | None = None,
+        timeout: float = REQUEST_TIMEOUT_S,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.account_id = account_id
+        self.database_id = database_id
+        self.__token = token
+        self.timeout = timeout
+        self.host = urlsplit(self.base_url).netloc or self.base_url
+        self.description = description or f"remote D1 {database_id} at {self.host}"
+        self._size: int | None = None
+
+    def __repr__(self) -> str:  # never the token
+        return f"D1HttpDatabase({self.description!r})"
+
+    # -- the db interface ------------------------------------------------------------
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self._post({"sql": sql, "params": list(params)}, idempotent=True)[0].rows
+
+    def iter_query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Row]:
+        # One response holds every row (D1 has no cursor across requests).
+        return iter(self.query(sql, params))
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
+        return self._post({"sql": sql, "params": list(params)}, idempotent=False)[0]
+
+    def batch(self, statements: Iterable[Statement]) -> list[Result]:
+        body = {"batch": [{"sql": s.sql, "params": [_json_value(v) for v in s.params]} for s in statements]}
+        if not body["batch"]:
+            return []
+        return self._post(body, idempotent=False)
+
+    def size_bytes(self) -> int | None:
+        if self._size is None:
+            self.query("SELECT 1 AS one")
+        return self._size
+
+    def reopen(self) -> "D1HttpDatabase":
+        return D1HttpDatabase(
+            base_url=self.base_url,
+            account_id=self.account_id,
+            database_id=self.database_id,
+            token=self.__token,
+            description=self.description,
+            timeout=self.timeout,
+        )
+
+    def close(self) -> None:
+        pass
+
+    # -- HTTP ------------------------------------------------------------------------
+
+    def _post(self, body: dict[str, Any], *, idempotent: bool) -> list[Result]:
+        url = f"{self.base_url}/accounts/{self.account_id}/d1/database/{self.database_id}/query"
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            last = attempt == MAX_ATTEMPTS
+            request = urllib.request.Request(
+                url,
+                data=data,
+                method="POST",
+                headers={"Authorization": f"Bearer {self.__token}", "Content-Type": "application/json"},
+            )
+            logger.debug("POST %s (%d bytes, attempt %d)", url, len(data), attempt)
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    status, payload, headers = response.status, _read_json(response), response.headers
+            except urllib.error.HTTPError as error:
+                status, payload, headers = error.code, _read_json(error), error.headers
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+                reason = getattr(error, "reason", error)
+                if idempotent and not last:
+                    time.sleep(0.2 * attempt)
+                    continue
+                if idempotent:
+                    raise DatabaseUnavailableError(f"cannot reach D1 at {self.host}: {reason}") from None
+                raise DatabaseUnavailableError(
+                    f"lost the connection to D1 at {self.host} during a write ({reason}); "
+                    "it may or may not have been applied: check before running it again"
+                ) from None
+            if status == 429 and not last:
+                time.sleep(_retry_after(headers))
+                continue
+            if status >= 500 and idempotent and not last:
+                time.sleep(0.2 * attempt)
+                continue
+            return self._results(status, payload, idempotent)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _results(self, status: int, payload: Any, idempotent: bool) -> list[Result]:
+        errors = payload.get("errors") if isinstance(payload, dict) else None
+        code, message = (errors[0].get("code"), str(errors[0].get("message", ""))) if errors else (None, "")
+        summary = f"HTTP {status}" + (f", code {code}: {message}" if code is not None else "")
+        if status in (401, 403) or code in (10000, 7403):
+            raise DatabaseUnavailableError(
+                f"the Cloudflare API refused the credentials ({summary}); check CLOUDFLARE_API_TOKEN "
+                "and its D1 permissions"
+            )
+        if status == 404 or code == 7404:
+            raise DatabaseNotFoundError(
+                f"D1 database {self.database_id} not found in account {self.account_id} ({summary})"
+            )
+        if status == 429:
+            raise DatabaseUnavailableError(f"D1 is rate limiting requests ({summary}); try again later")
+        if status >= 500:
+            if idempotent:
+                raise DatabaseUnavailableError(f"D1 failed ({summary})")
+            raise DatabaseUnavailableError(
+                f"D1 failed during a write ({summary}); it may or may not have been applied: "
+                "check before running it again"
+            )
+        if not isinstance(payload, dict) or not payload.get("success"):
+            cleaned = _D1_SUFFIX.sub("", message).strip() or summary
+            if "SQLITE_CONSTRAINT" in message or "constraint failed" in message:
+                raise ConstraintError(cleaned)
+            raise SQLError(cleaned)
+        results = []
+        for entry in payload.get("result") or []:
+            meta = entry.get("meta") or {}
+            if isinstance(meta.get("size_after"), int):
+                self._size = meta["size_after"]
+            results.append(Result(rows=list(entry.get("results") or []), changes=int(meta.get("changes") or 0)))
+        return results
+
+
+def _read_json(response: Any) -> Any:
+    try:
+        return json.loads(response.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, OSError):
+        return None
+
+
+def _retry_after(headers: Any) -> float:
+    try:
+        return min(max(float(headers.get("retry-after", 1)), 0.0), MAX_RETRY_AFTER_S)
+    except (TypeError, ValueError):
+        return 1.0
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise SQLError("a value that is not UTF-8 text cannot be sent to D1 over its HTTP API")
+    return value
