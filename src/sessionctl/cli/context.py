@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sessionctl.errors import MigrationsDirError, RefusedError, UsageError, WranglerConfigError
+from sessionctl.names import DEFAULT_LEDGER, SESSIONS_MIGRATION
 
 if TYPE_CHECKING:  # imported when a command needs them, not at start-up
     from sessionctl.migrations import MigrationFile
     from sessionctl.targets.base import Database
     from sessionctl.targets.wrangler import D1Database
-
-from sessionctl.names import DEFAULT_LEDGER, SESSIONS_MIGRATION
 
 DEFAULT_DB = Path("sessions.db")
 
