@@ -9,7 +9,15 @@ import sys
 import threading
 
 from conftest import SESSIONCTL, SESSIONS_MIGRATION, error_lines, raw_connect
-from sessionctl.repository import SESSION_TTL_MS, ServerSession, save_server_session
+from sessionctl.repository import (
+    SESSION_TTL_MS,
+    ServerSession,
+    SessionStatus,
+    cleanup_expired_sessions,
+    find_session_row,
+    get_server_session,
+    save_server_session,
+)
 from sessionctl.targets import sqlite_file
 from sessionctl.targets.sqlite_file import open_sqlite_file
 
@@ -177,22 +185,103 @@ def test_concurrent_writers_and_a_cleanup_lose_no_rows_and_never_see_locked(tmp_
     assert not any(user.startswith("expired-") for user in rows)
 
 
-def test_live_sessions_survive_a_cleanup_running_beside_their_refresh(tmp_path, migrated_db, db_path):
-    now = 10 * SESSION_TTL_MS
-    for i in range(50):
-        save_server_session(migrated_db, f"live-{i}", ServerSession(), now=now)
-        save_server_session(migrated_db, f"dead-{i}", ServerSession(), now=now - 2 * SESSION_TTL_MS)
-    second = open_sqlite_file(db_path)
+# -- a session the bot refreshes while cleanup runs survives it ---------------------------------
+#
+# The rows to refresh are EXPIRED when cleanup starts (a live row would survive any cleanup and
+# prove nothing) and still undeleted when the refresh lands: cleanup deletes in expires_at order,
+# so the latest-expired rows are the last ones it reaches. A cleanup that decides which ids to
+# delete up front (a snapshot) and deletes them without re-checking expires_at loses them.
 
-    from sessionctl.repository import cleanup_expired_sessions, get_server_session
+CUTOFF = 10 * SESSION_TTL_MS
+DEAD = 50
+REFRESH_AFTER_BATCH = {1: "dead-49", 3: "dead-45"}  # batch number -> the expired row refreshed then
 
-    deleted = cleanup_expired_sessions(
-        second,
-        now=now,
-        batch_size=7,
-        on_batch=lambda _: save_server_session(migrated_db, "live-0", ServerSession(), now=now + 1),
-    )
-    second.close()
 
-    assert deleted == 50
-    assert all(get_server_session(migrated_db, f"live-{i}", now=now) is not None for i in range(50))
+def _cleanup_beside_refreshes(db_path, writer, cleanup) -> tuple[int, dict[str, int], set[str]]:
+    """Run ``cleanup`` on its own connection while ``writer`` refreshes expired rows between batches.
+
+    Returns (what cleanup said it deleted, {refreshed id: expires_at before its refresh},
+    the user ids left in the table).
+    """
+    for i in range(DEAD):
+        save_server_session(writer, f"live-{i}", ServerSession(), now=CUTOFF)
+        # distinct expires_at, all <= CUTOFF: dead-0 expires first, dead-49 last
+        save_server_session(writer, f"dead-{i}", ServerSession(), now=CUTOFF - 2 * SESSION_TTL_MS + i)
+    expired_at_start = {
+        row["user_id"]: row["expires_at"]
+        for row in writer.query("SELECT user_id, expires_at FROM server_sessions WHERE expires_at <= ?", (CUTOFF,))
+    }
+    assert set(expired_at_start) == {f"dead-{i}" for i in range(DEAD)}
+    refreshed: dict[str, int] = {}
+    batches = 0
+
+    def refresh_between_batches(_deleted: int) -> None:
+        nonlocal batches
+        batches += 1
+        user_id = REFRESH_AFTER_BATCH.get(batches)
+        if user_id is None:
+            return
+        # Still there and still expired: the bot refreshes a session cleanup has not reached yet.
+        assert find_session_row(writer, user_id)["expires_at"] <= CUTOFF, user_id
+        save_server_session(writer, user_id, ServerSession(status=SessionStatus.SELECTING), now=CUTOFF + 1)
+        refreshed[user_id] = expired_at_start[user_id]
+
+    cleaner = open_sqlite_file(db_path)
+    try:
+        deleted = cleanup(cleaner, now=CUTOFF, batch_size=7, on_batch=refresh_between_batches)
+    finally:
+        cleaner.close()
+    assert batches >= max(REFRESH_AFTER_BATCH), "cleanup ran fewer batches than the test refreshes in"
+    left = {row["user_id"] for row in writer.query("SELECT user_id FROM server_sessions")}
+    return deleted, refreshed, left
+
+
+def _problems(deleted: int, refreshed: dict[str, int], left: set[str]) -> list[str]:
+    """What is wrong with a cleanup run beside refreshes (empty when it behaved)."""
+    problems = []
+    expected_left = {f"live-{i}" for i in range(DEAD)} | set(refreshed)
+    if lost := sorted(set(refreshed) - left):
+        problems.append(f"refreshed while cleanup ran, yet deleted: {lost}")
+    if lost_live := sorted({f"live-{i}" for i in range(DEAD)} - left):
+        problems.append(f"live sessions deleted: {lost_live}")
+    if stale := sorted(left - expected_left):
+        problems.append(f"expired and not refreshed, yet left behind: {stale}")
+    if deleted != DEAD - len(refreshed):
+        problems.append(f"cleanup reported {deleted} deleted, expected {DEAD - len(refreshed)}")
+    return problems
+
+
+def test_live_sessions_survive_a_cleanup_running_beside_their_refresh(migrated_db, db_path):
+    deleted, refreshed, left = _cleanup_beside_refreshes(db_path, migrated_db, cleanup_expired_sessions)
+
+    assert set(refreshed) == set(REFRESH_AFTER_BATCH.values())
+    assert all(expires_at <= CUTOFF for expires_at in refreshed.values())  # expired when cleanup began
+    assert _problems(deleted, refreshed, left) == []
+    for user_id in refreshed:  # the refresh itself is intact: the bot's save, not a stale row
+        session = get_server_session(migrated_db, user_id, now=CUTOFF)
+        assert session is not None and session.status == SessionStatus.SELECTING
+        assert session.expires_at == CUTOFF + 1 + SESSION_TTL_MS
+
+
+def _snapshot_cleanup(db, *, now, batch_size, on_batch):
+    """A mutant cleanup: lists the expired ids first, then deletes those ids in batches."""
+    ids = [row["user_id"] for row in db.query(
+        "SELECT user_id FROM server_sessions WHERE expires_at <= ? ORDER BY expires_at", (now,))]
+    total = 0
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start:start + batch_size]
+        deleted = db.execute(
+            f"DELETE FROM server_sessions WHERE user_id IN ({', '.join('?' for _ in chunk)})", chunk
+        ).changes
+        total += deleted
+        on_batch(deleted)
+    return total
+
+
+def test_the_refresh_check_catches_a_cleanup_that_snapshots_ids_before_deleting(migrated_db, db_path):
+    deleted, refreshed, left = _cleanup_beside_refreshes(db_path, migrated_db, _snapshot_cleanup)
+
+    assert _problems(deleted, refreshed, left) == [
+        "refreshed while cleanup ran, yet deleted: ['dead-45', 'dead-49']",
+        "cleanup reported 50 deleted, expected 48",
+    ]

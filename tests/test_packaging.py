@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import zipfile
@@ -139,14 +140,82 @@ def test_console_script_version(run_sessionctl):
     assert result.stdout == f"sessionctl {__version__}\n"
 
 
+LIBRARY_MODULES = (
+    "sessionctl.repository",
+    "sessionctl.migrations",
+    "sessionctl.targets",
+    "sessionctl.targets.sqlite_file",
+    "sessionctl.targets.wrangler",
+    "sessionctl.checks",
+    "sessionctl.backup",
+    "sessionctl.rollback",
+    "sessionctl.smoke",
+)
+
+
 def test_library_imports_neither_typer_nor_rich_nor_click():
     code = (
-        "import sys\n"
-        "import sessionctl.repository, sessionctl.migrations, sessionctl.targets\n"
-        "import sessionctl.targets.sqlite_file, sessionctl.checks, sessionctl.backup, sessionctl.rollback\n"
+        "import importlib, sys\n"
+        f"for name in {LIBRARY_MODULES!r}:\n"
+        "    importlib.import_module(name)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('typer', 'rich', 'click')))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == "[]\n"
+
+
+# -- the wheel installed with pip into a fresh virtual environment ---------------------------
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(wheel, tmp_path_factory) -> Path:
+    """A new venv with nothing but the wheel, installed by pip (its dependencies from the index)."""
+    venv = tmp_path_factory.mktemp("fresh") / "venv"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SESSIONCTL_", "PYTHON", "VIRTUAL_ENV", "PIP_REQUIRE"))}
+    created = subprocess.run([sys.executable, "-m", "venv", str(venv)], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert created.returncode == 0, created.stdout + created.stderr
+    installed = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         str(wheel)],
+        env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    return venv
+
+
+def _run_in_venv(venv: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SESSIONCTL_", "PYTHON", "VIRTUAL_ENV"))}
+    return subprocess.run(
+        [str(venv / "bin" / args[0]), *args[1:]],
+        cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_wheel_installed_by_pip_in_a_fresh_venv_migrates_and_verifies_from_another_folder(fresh_venv, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    where = _run_in_venv(fresh_venv, elsewhere, "python", "-c", "import sessionctl; print(sessionctl.__file__)")
+    migrate = _run_in_venv(fresh_venv, elsewhere, "sessionctl", "--db", "x.db", "migrate")
+    verify = _run_in_venv(fresh_venv, elsewhere, "sessionctl", "--db", "x.db", "verify")
+
+    assert where.returncode == 0, where.stderr
+    assert Path(where.stdout.strip()).is_relative_to(fresh_venv)  # the installed copy, not the source tree
+    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    assert migrate.stdout == f"applied {SESSIONS_MIGRATION}\n"
+    conn = sqlite3.connect(elsewhere / "x.db")
+    try:
+        assert conn.execute("SELECT name FROM d1_migrations").fetchall() == [(SESSIONS_MIGRATION,)]
+        assert conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'server_sessions' "
+            "AND name = 'idx_server_sessions_expires'"
+        ).fetchall() == [("idx_server_sessions_expires",)]
+    finally:
+        conn.close()
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert verify.stdout.startswith("✓ table"), verify.stdout
+    assert "✗" not in verify.stdout, verify.stdout

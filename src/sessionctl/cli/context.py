@@ -178,7 +178,13 @@ def confirm_or_refuse(question: str, yes: bool, refusal: str) -> None:
         return
     if not sys.stdin.isatty():
         raise RefusedError(f"{refusal}: not confirmed (pass --yes in a non-interactive run)")
+    import contextlib
+
     import typer
 
-    if not typer.confirm(question, default=False):
+    # The question goes to stderr, so `... > file` still asks on the terminal and keeps it out of
+    # the file (click writes a stray space to stdout even with err=True: redirect it too).
+    with contextlib.redirect_stdout(sys.stderr):
+        confirmed = typer.confirm(question, default=False, err=True)
+    if not confirmed:
         raise RefusedError(f"{refusal}: not confirmed")

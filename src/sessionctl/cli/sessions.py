@@ -256,9 +256,10 @@ def cleanup(
             print(f"would delete {expired} expired sessions (dry run, nothing deleted)")
         return
     if expired > batch_size and not quiet and sys.stderr.isatty():
+        from rich.console import Console
         from rich.progress import Progress
 
-        with Progress(transient=True) as progress:
+        with Progress(console=Console(stderr=True), transient=True) as progress:
             task = progress.add_task("deleting expired sessions", total=expired)
             deleted = cleanup_expired_sessions(
                 db, now=now, batch_size=batch_size, on_batch=lambda n: progress.advance(task, n)
