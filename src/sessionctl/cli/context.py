@@ -105,9 +105,19 @@ class Settings:
         account = os.environ.get("CLOUDFLARE_ACCOUNT_ID") or section.get("account_id") or data.get("account_id")
         if not isinstance(account, str) or not account:
             raise UsageError("--remote needs the account: set CLOUDFLARE_ACCOUNT_ID (or account_id in the config)")
+        import re
+
+        for what, value in (("account id", account), ("database_id", chosen.database_id)):
+            if not re.fullmatch(r"[A-Za-z0-9-]+", value):
+                raise UsageError(f"the {what} {value!r} is not an id Cloudflare uses (letters, digits and -)")
+        from urllib.parse import urlsplit
+
         base_url = os.environ.get("CLOUDFLARE_API_BASE_URL") or DEFAULT_BASE_URL
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise UsageError(f"CLOUDFLARE_API_BASE_URL must be an http(s) URL with a host, got {base_url!r}")
         remote = {"base_url": base_url, "account_id": account, "database_id": chosen.database_id}
-        host = base_url.split("//", 1)[-1].split("/", 1)[0]
+        host = parts.netloc
         return Target(
             None,
             f"remote D1 {chosen.label} database_id {chosen.database_id} via {host}",
@@ -124,9 +134,13 @@ class Settings:
 
             from sessionctl.targets.d1_http import D1HttpDatabase
 
-            token = os.environ.get("CLOUDFLARE_API_TOKEN")
+            token = (os.environ.get("CLOUDFLARE_API_TOKEN") or "").strip()
             if not token:
                 raise UsageError("--remote needs an API token: set CLOUDFLARE_API_TOKEN")
+            if not all(33 <= ord(ch) < 127 for ch in token):
+                raise UsageError(
+                    "CLOUDFLARE_API_TOKEN holds characters no token has (spaces, control or non-ASCII characters)"
+                )
             self.announce()
             return D1HttpDatabase(token=token, description=target.description, **target.remote)
         from sessionctl.targets.sqlite_file import open_sqlite_file

@@ -13,6 +13,7 @@ not in ``repr``, not in logs.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import re
@@ -118,6 +119,9 @@ class D1HttpDatabase:
                     status, payload, headers = response.status, _read_json(response), response.headers
             except urllib.error.HTTPError as error:
                 status, payload, headers = error.code, _read_json(error), error.headers
+            except (ValueError, http.client.InvalidURL):
+                # http.client rejects a header or URL it cannot send and quotes it: never show that.
+                raise DatabaseUnavailableError("the request to D1 could not be formed (check the ids and the token)") from None
             except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
                 reason = getattr(error, "reason", error)
                 if idempotent and not last:
@@ -147,7 +151,7 @@ class D1HttpDatabase:
                 f"the Cloudflare API refused the credentials ({summary}); check CLOUDFLARE_API_TOKEN "
                 "and its D1 permissions"
             )
-        if status == 404 or code == 7404:
+        if status == 404 or code in (7404, 7400):
             raise DatabaseNotFoundError(
                 f"D1 database {self.database_id} not found in account {self.account_id} ({summary})"
             )
