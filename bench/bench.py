@@ -69,11 +69,14 @@ def seed(path: Path, rows: int, expired: int = 0) -> None:
                     '{"budget_krw":50000,"region":"서울"}',
                     None,
                     '[{"role":"user","content":"서버 추천"}]',
-                    now - 1000,
-                    now - 1000,
-                    (now - SESSION_TTL_MS) if i < expired else (now + SESSION_TTL_MS),
+                    updated - 60_000,
+                    updated,
+                    updated + SESSION_TTL_MS,
                 )
                 for i in range(rows)
+                # Saves spread over the last hour (live rows) or the hour before (expired ones),
+                # as the bot writes them: no two share a millisecond.
+                for updated in [now - (2 * SESSION_TTL_MS if i < expired else SESSION_TTL_MS) + 1 + i * (SESSION_TTL_MS - 1) // rows]
             ),
         )
     conn.close()

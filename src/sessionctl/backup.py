@@ -18,7 +18,7 @@ from typing import IO, Iterable, Iterator
 
 from sessionctl.errors import BackupError, ImportValidationError
 from sessionctl.names import TABLE
-from sessionctl.repository import COLUMNS, has_surrogates, raw_row_problem
+from sessionctl.repository import COLUMNS, raw_row_problem
 from sessionctl.targets.base import Row
 
 DEFAULT_BACKUP_DIR = Path("backups")
@@ -35,16 +35,27 @@ def default_backup_path(now: float | None = None) -> Path:
     return path
 
 
+_TEXT_LINE = json.JSONEncoder(ensure_ascii=False).encode
+_ASCII_LINE = json.JSONEncoder(ensure_ascii=True).encode
+
+
 def encode_line(row: Row) -> str:
-    values = {column: row.get(column) for column in COLUMNS}
-    for column, value in values.items():
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            raise BackupError(
-                f"row {row.get('user_id')!r}: column {column} holds a BLOB, "
-                "which a JSON Lines file cannot keep as stored text"
-            )
-    raw = any(isinstance(v, str) and has_surrogates(v) for v in values.values())
-    return json.dumps(values, ensure_ascii=raw) + "\n"
+    """One row as one JSON line: text as text, or \\u escapes where the stored bytes are not UTF-8."""
+    values = row if tuple(row) == COLUMNS else {column: row.get(column) for column in COLUMNS}
+    try:
+        line = _TEXT_LINE(values)
+    except TypeError:
+        column = next(c for c, v in values.items() if isinstance(v, (bytes, bytearray, memoryview)))
+        raise BackupError(
+            f"row {values.get('user_id')!r}: column {column} holds a BLOB, "
+            "which a JSON Lines file cannot keep as stored text"
+        ) from None
+    if not line.isascii():
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            line = _ASCII_LINE(values)
+    return line + "\n"
 
 
 def write_rows(rows: Iterable[Row], out: IO[str]) -> int:

@@ -107,7 +107,13 @@ def encode_json(value: Any) -> str | None:
 
 def has_surrogates(text: str) -> bool:
     """True when ``text`` holds code points UTF-8 cannot encode (invalid bytes read back, lone halves)."""
-    return any("\ud800" <= ch <= "\udfff" for ch in text)
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 # What each JSON column must decode to, and what a malformed value reads as.

@@ -114,10 +114,14 @@ class Settings:
 
         base_url = os.environ.get("CLOUDFLARE_API_BASE_URL") or DEFAULT_BASE_URL
         parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise UsageError(f"CLOUDFLARE_API_BASE_URL must be an http(s) URL with a host, got {base_url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError("CLOUDFLARE_API_BASE_URL must be an http(s) URL with a host")
+        if parts.username or parts.password:
+            raise UsageError("CLOUDFLARE_API_BASE_URL must not carry a user or password (the token is the credential)")
+        if parts.scheme == "http" and parts.hostname not in ("localhost", "::1") and not parts.hostname.startswith("127."):
+            raise UsageError("CLOUDFLARE_API_BASE_URL must be https (plain http only to this machine): the token would travel in clear")
         remote = {"base_url": base_url, "account_id": account, "database_id": chosen.database_id}
-        host = parts.netloc
+        host = parts.hostname + (f":{parts.port}" if parts.port else "")
         return Target(
             None,
             f"remote D1 {chosen.label} database_id {chosen.database_id} via {host}",

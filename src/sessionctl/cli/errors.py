@@ -52,5 +52,7 @@ def report(error: SessionctlError, debug: bool) -> int:
     """Print ``error`` as one line on stderr (and the traceback with --debug); return its exit code."""
     if debug:
         traceback.print_exception(error, file=sys.stderr)
-    print(f"sessionctl: error: {message_for(error)}", file=sys.stderr)
+    # One line, whatever the message carries (a server's answer can hold newlines).
+    line = " ".join(message_for(error).split())
+    print(f"sessionctl: error: {line}", file=sys.stderr)
     return exit_code_for(error)

@@ -17,6 +17,7 @@ import http.client
 import json
 import logging
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -105,6 +106,7 @@ class D1HttpDatabase:
     def _post(self, body: dict[str, Any], *, idempotent: bool) -> list[Result]:
         url = f"{self.base_url}/accounts/{self.account_id}/d1/database/{self.database_id}/query"
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        expected = len(body["batch"]) if "batch" in body else None
         for attempt in range(1, MAX_ATTEMPTS + 1):
             last = attempt == MAX_ATTEMPTS
             request = urllib.request.Request(
@@ -115,38 +117,56 @@ class D1HttpDatabase:
             )
             logger.debug("POST %s (%d bytes, attempt %d)", url, len(data), attempt)
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    status, payload, headers = response.status, _read_json(response), response.headers
-            except urllib.error.HTTPError as error:
-                status, payload, headers = error.code, _read_json(error), error.headers
+                status, payload, headers = _send(request, self.timeout)
             except (ValueError, http.client.InvalidURL):
                 # http.client rejects a header or URL it cannot send and quotes it: never show that.
-                raise DatabaseUnavailableError("the request to D1 could not be formed (check the ids and the token)") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-                reason = getattr(error, "reason", error)
+                raise DatabaseUnavailableError(
+                    "the request to D1 could not be formed (check the ids and the token)"
+                ) from None
+            except _NotSent as error:
+                if not last:
+                    time.sleep(0.2 * attempt)
+                    continue
+                raise DatabaseUnavailableError(
+                    f"cannot reach D1 at {self.host} ({error}); nothing was sent"
+                ) from None
+            except _Lost as error:
                 if idempotent and not last:
                     time.sleep(0.2 * attempt)
                     continue
                 if idempotent:
-                    raise DatabaseUnavailableError(f"cannot reach D1 at {self.host}: {reason}") from None
+                    raise DatabaseUnavailableError(f"lost the connection to D1 at {self.host} ({error})") from None
                 raise DatabaseUnavailableError(
-                    f"lost the connection to D1 at {self.host} during a write ({reason}); "
+                    f"lost the connection to D1 at {self.host} during a write ({error}); "
                     "it may or may not have been applied: check before running it again"
                 ) from None
+            if 300 <= status < 400:
+                # Never follow: urllib would resend the token to wherever the answer points.
+                raise DatabaseUnavailableError(
+                    f"D1 at {self.host} answered HTTP {status} (a redirect); not following it with the token"
+                )
             if status == 429 and not last:
                 time.sleep(_retry_after(headers))
                 continue
-            if status >= 500 and idempotent and not last:
+            retryable = status >= 500 or _retryable_message(payload)
+            if retryable and idempotent and not last:
                 time.sleep(0.2 * attempt)
                 continue
-            return self._results(status, payload, idempotent)
+            results = self._results(status, payload, idempotent)
+            if len(results) != (expected or 1):
+                raise DatabaseUnavailableError(
+                    f"D1 answered {len(results)} results for {expected or 1} statements; "
+                    + ("the write may or may not have been applied" if not idempotent else "not trusting it")
+                )
+            return results
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _results(self, status: int, payload: Any, idempotent: bool) -> list[Result]:
         errors = payload.get("errors") if isinstance(payload, dict) else None
-        code, message = (errors[0].get("code"), str(errors[0].get("message", ""))) if errors else (None, "")
+        first = errors[0] if errors and isinstance(errors[0], dict) else {}
+        code, message = first.get("code"), str(first.get("message", ""))
         summary = f"HTTP {status}" + (f", code {code}: {message}" if code is not None else "")
-        if status in (401, 403) or code in (10000, 7403):
+        if status in (401, 403) or code in (10000, 7403, 6003):
             raise DatabaseUnavailableError(
                 f"the Cloudflare API refused the credentials ({summary}); check CLOUDFLARE_API_TOKEN "
                 "and its D1 permissions"
@@ -157,31 +177,85 @@ class D1HttpDatabase:
             )
         if status == 429:
             raise DatabaseUnavailableError(f"D1 is rate limiting requests ({summary}); try again later")
-        if status >= 500:
+        if status >= 500 or _retryable_message(payload):
             if idempotent:
                 raise DatabaseUnavailableError(f"D1 failed ({summary})")
             raise DatabaseUnavailableError(
                 f"D1 failed during a write ({summary}); it may or may not have been applied: "
                 "check before running it again"
             )
-        if not isinstance(payload, dict) or not payload.get("success"):
+        if not isinstance(payload, dict):
+            raise DatabaseUnavailableError(f"D1 at {self.host} answered HTTP {status} with something that is not JSON")
+        if not payload.get("success"):
+            if code != 7500:
+                raise DatabaseUnavailableError(f"D1 refused the request ({summary})")
             cleaned = _D1_SUFFIX.sub("", message).strip() or summary
             if "SQLITE_CONSTRAINT" in message or "constraint failed" in message:
                 raise ConstraintError(cleaned)
             raise SQLError(cleaned)
         results = []
         for entry in payload.get("result") or []:
-            meta = entry.get("meta") or {}
+            meta = (entry.get("meta") if isinstance(entry, dict) else None) or {}
             if isinstance(meta.get("size_after"), int):
                 self._size = meta["size_after"]
-            results.append(Result(rows=list(entry.get("results") or []), changes=int(meta.get("changes") or 0)))
+            rows = entry.get("results") if isinstance(entry, dict) else None
+            results.append(Result(rows=list(rows or []), changes=int(meta.get("changes") or 0)))
         return results
 
 
-def _read_json(response: Any) -> Any:
+class _NotSent(Exception):
+    """The request never reached the server (refused, no such host): always safe to retry."""
+
+
+class _Lost(Exception):
+    """The request may have reached the server, but no answer came back whole."""
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # a 3xx comes back as an HTTPError, handled by the caller
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def _send(request: urllib.request.Request, timeout: float) -> tuple[int, Any, Any]:
+    """POST ``request``; (status, parsed JSON or None, headers). Raises _NotSent or _Lost."""
     try:
-        return json.loads(response.read().decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, OSError):
+        try:
+            response = _OPENER.open(request, timeout=timeout)
+        except urllib.error.HTTPError as error:
+            response = error  # an answer all the same: its status and body say what happened
+        with response:
+            return response.status, _read_json(response), response.headers
+    except urllib.error.URLError as error:
+        if isinstance(error.reason, (ConnectionRefusedError, socket.gaierror)):
+            raise _NotSent(str(error.reason)) from None
+        raise _Lost(str(error.reason)) from None
+    except (ConnectionRefusedError, socket.gaierror) as error:
+        raise _NotSent(str(error)) from None
+    except http.client.InvalidURL:
+        raise
+    except (http.client.HTTPException, OSError) as error:  # reset, timeout, bad status line, cut body
+        raise _Lost(f"{type(error).__name__}: {error}" if str(error) else type(error).__name__) from None
+
+
+def _retryable_message(payload: Any) -> bool:
+    if not isinstance(payload, dict):
+        return False
+    text = " ".join(str(e.get("message", "")) for e in payload.get("errors") or [] if isinstance(e, dict))
+    return any(m in text for m in _RETRYABLE)
+
+
+_RETRYABLE = ("D1 DB is overloaded", "Network connection lost", "D1 DB reset because its code was updated")
+
+
+def _read_json(response: Any) -> Any:
+    """The body as JSON, or None when it is not JSON. A body cut off in transit raises."""
+    body = response.read()
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
         return None
 
 
