@@ -274,3 +274,46 @@ def test_rollback_refuses_cleanly_when_a_row_holds_a_blob_a_backup_cannot_keep(r
     conn = raw_connect(path)
     assert conn.execute("SELECT count(*) FROM server_sessions").fetchone() == (1,)
     conn.close()
+
+
+def test_a_global_option_after_the_command_says_where_it_goes(run_sessionctl, tmp_path):
+    result = run_sessionctl("status", "--db", "x.db")
+    assert result.returncode == 2
+    assert "No such option: --db (--db is a global option: put it before the command)" in result.stderr
+
+
+def test_an_argument_that_is_not_utf8_is_one_line_exit_2(tmp_path):
+    import subprocess
+
+    from conftest import SESSIONCTL
+
+    result = subprocess.run([str(SESSIONCTL), "--db", "x.db", "sessions", "show", b"\xff"],
+                            cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["sessionctl: error: USER_ID is not valid UTF-8 text"]
+
+
+def test_an_unexpected_failure_is_one_line_naming_it_a_bug(cli, db_path, migrated_db, monkeypatch):
+    import sessionctl.repository as repository
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(repository, "session_stats", broken)
+    result = cli("--db", db_path, "sessions", "stats")
+    assert result.exit_code == 1
+    assert_one_error_line(
+        result.stderr,
+        "internal error: RuntimeError: boom (this is a bug in sessionctl; rerun with --debug for the traceback)",
+    )
+    assert isinstance(cli("--db", db_path, "--debug", "sessions", "stats").exception, RuntimeError)
+
+
+def test_a_migrations_folder_without_003_says_where_the_seeds_copy_is(run_sessionctl, tmp_path):
+    folder = tmp_path / "migs"
+    folder.mkdir()
+    (folder / "001_a.sql").write_text("CREATE TABLE a(x);\n", encoding="utf-8")
+    result = run_sessionctl("--db", "x.db", "--migrations-dir", folder, "migrate")
+    assert result.returncode == 0
+    assert (f"sessionctl: note: 003_server_sessions_d1.sql is not in {folder}; copy it there from "
+            in result.stderr)

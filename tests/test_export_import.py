@@ -485,3 +485,37 @@ def test_listing_200k_rows_as_ndjson_keeps_memory_flat(sized_dbs):
         for rows, path in sized_dbs.items()
     }
     assert peaks[200_000] < 1.5 * peaks[20_000] + 10 * 1024, peaks
+
+
+def test_a_backup_never_overwrites_a_file_that_appears_while_it_is_written(migrated_db, tmp_path, monkeypatch):
+    import sessionctl.backup as backup
+
+    target = tmp_path / "b.jsonl"
+    real_write_rows = backup.write_rows
+
+    def write_then_someone_creates_the_file(rows, out):
+        count = real_write_rows(rows, out)
+        target.write_text("precious\n", encoding="utf-8")
+        return count
+
+    monkeypatch.setattr(backup, "write_rows", write_then_someone_creates_the_file)
+    from sessionctl.errors import BackupError
+    from sessionctl.repository import iter_session_rows
+
+    with pytest.raises(BackupError, match="already exists; not overwriting it"):
+        backup.write_rows_file(iter_session_rows(migrated_db), target)
+    assert target.read_text(encoding="utf-8") == "precious\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".b.jsonl")] == []
+
+
+def test_rollback_refuses_an_existing_backup_path_before_doing_anything(cli, db_path, migrated_db, tmp_path):
+    existing = tmp_path / "old.jsonl"
+    existing.write_text("keep me\n", encoding="utf-8")
+    for args in (("--dry-run",), ("--yes",)):
+        result = cli("--db", db_path, "rollback", *args, "--backup", existing)
+        assert result.exit_code == 2
+        assert_one_error_line(result.stderr, f"--backup {existing} already exists; a backup never overwrites a file")
+    assert existing.read_text(encoding="utf-8") == "keep me\n"
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'server_sessions'").fetchone() == (1,)
+    conn.close()

@@ -297,3 +297,27 @@ def test_delete_without_ids_is_a_usage_error(cli, db_path, live_and_expired):
     result = cli("--db", db_path, "sessions", "delete", "--yes")
     assert result.exit_code == 2
     assert "Missing argument" in result.stderr
+
+
+def test_a_cleanup_failing_midway_says_how_many_rows_earlier_batches_deleted(cli, db_path, migrated_db, monkeypatch):
+    from sessionctl.errors import DatabaseLockedError
+    from sessionctl.targets.sqlite_file import SqliteFileDatabase
+
+    now = now_ms()
+    insert(db_path, [row(f"dead-{i:02d}", now - MINUTE) for i in range(25)])
+    real_execute = SqliteFileDatabase.execute
+    calls = []
+
+    def third_batch_fails(self, sql, params=()):
+        calls.append(sql)
+        if sql.startswith("DELETE") and len(calls) == 3:
+            raise DatabaseLockedError("sessions.db is locked by another process")
+        return real_execute(self, sql, params)
+
+    monkeypatch.setattr(SqliteFileDatabase, "execute", third_batch_fails)
+    result = cli("--db", db_path, "sessions", "cleanup", "--batch-size", "10")
+    assert result.exit_code == 3
+    assert_one_error_line(
+        result.stderr,
+        "sessions.db is locked by another process (after deleting 20 expired sessions in earlier batches)",
+    )

@@ -89,13 +89,33 @@ def write_rows_file(rows: Iterable[Row], path: Path, *, overwrite: bool = False)
             on_disk = sum(1 for _ in check)
         if on_disk != written:
             raise BackupError(f"{path} holds {on_disk} rows, expected {written}")
-        os.replace(tmp_name, path)
+        if overwrite:
+            os.replace(tmp_name, path)
+        else:
+            os.link(tmp_name, path)  # fails if a file appeared there meanwhile: never overwrites
+        _fsync_folder(path.parent)
+    except FileExistsError:
+        raise BackupError(f"{path} already exists; not overwriting it (choose another file)") from None
     except OSError as exc:
         raise BackupError(f"cannot write {path}: {exc.strerror}") from None
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
     return written
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the new name durable, not only the file's bytes."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_rows(lines: Iterable[str], source: str) -> Iterator[Row]:

@@ -57,10 +57,6 @@ class SessionNotFoundError(SessionctlError, LookupError):
     pass
 
 
-class SessionsTableMissingError(SessionctlError):
-    """server_sessions does not exist: migration 003 is not applied."""
-
-
 # -- migrations ------------------------------------------------------------------
 
 
@@ -109,10 +105,6 @@ class RefusedError(SessionctlError):
 
 class ImportValidationError(SessionctlError):
     """A line of an import file is not a valid server_sessions row; nothing was written."""
-
-
-class SmokeFailedError(SessionctlError):
-    pass
 
 
 class WranglerConfigError(SessionctlError):

@@ -11,19 +11,31 @@ from typer.core import TyperGroup
 
 from sessionctl import __version__
 from sessionctl.cli.context import DEFAULT_DB, Settings
-from sessionctl.cli.errors import EXIT_CODES_HELP, report
+from sessionctl.cli.errors import EXIT_CODES_HELP, report, report_internal
 from sessionctl.errors import SessionctlError
+
+
+GLOBAL_OPTIONS = {"--db", "--config", "-c", "--database", "--env", "-e", "--local", "--remote",
+                  "--persist-to", "--migrations-dir", "--migrations-table", "--timeout", "--debug"}
 
 
 class _Group(TyperGroup):
     """Turns every SessionctlError raised by a command into one line and its exit code."""
 
     def invoke(self, ctx: typer.Context):  # type: ignore[override]
+        settings = lambda: ctx.obj if isinstance(ctx.obj, Settings) else Settings()  # noqa: E731
         try:
             return super().invoke(ctx)
         except SessionctlError as error:
-            settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings()
-            raise typer.Exit(report(error, settings.debug)) from None
+            raise typer.Exit(report(error, settings().debug)) from None
+        except Exception as error:
+            if type(error).__module__.split(".")[0] in ("click", "typer"):
+                if type(error).__name__ == "NoSuchOption" and getattr(error, "option_name", None) in GLOBAL_OPTIONS:
+                    error.message += f" ({error.option_name} is a global option: put it before the command)"
+                raise
+            if settings().debug:
+                raise
+            raise typer.Exit(report_internal(error)) from None
 
 
 app = typer.Typer(

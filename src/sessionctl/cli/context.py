@@ -176,6 +176,18 @@ class Settings:
 
         return discover_migrations(self.migrations_folder())
 
+    def note_missing_sessions_migration(self, files: "list[MigrationFile]") -> None:
+        """A project folder without 003 gets one stderr line saying where the seed's copy is."""
+        if any(migration.name == SESSIONS_MIGRATION for migration in files):
+            return
+        from sessionctl.migrations import bundled_migrations_dir
+
+        print(
+            f"sessionctl: note: {SESSIONS_MIGRATION} is not in {self.migrations_folder()}; "
+            f"copy it there from {bundled_migrations_dir() / SESSIONS_MIGRATION}",
+            file=sys.stderr,
+        )
+
     def sessions_migration(self, files: "list[MigrationFile] | None" = None) -> "MigrationFile":
         for migration in self.migrations() if files is None else files:
             if migration.name == SESSIONS_MIGRATION:

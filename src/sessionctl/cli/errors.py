@@ -48,6 +48,17 @@ def message_for(error: SessionctlError) -> str:
     return message
 
 
+def report_internal(error: Exception) -> int:
+    """A bug, not a user error: still one line, and the way to the traceback."""
+    detail = " ".join(str(error).split())
+    print(
+        f"sessionctl: error: internal error: {type(error).__name__}{': ' + detail if detail else ''} "
+        "(this is a bug in sessionctl; rerun with --debug for the traceback)",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED
+
+
 def report(error: SessionctlError, debug: bool) -> int:
     """Print ``error`` as one line on stderr (and the traceback with --debug); return its exit code."""
     if debug:

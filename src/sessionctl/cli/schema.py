@@ -30,6 +30,7 @@ def migrate(
     settings: Settings = ctx.obj
     files = settings.migrations()
     ledger = settings.ledger
+    settings.note_missing_sessions_migration(files)
     if dry_run:
         try:
             db = settings.open()
@@ -82,6 +83,7 @@ def status(
     settings: Settings = ctx.obj
     files = settings.migrations()
     db = settings.open()
+    settings.note_missing_sessions_migration(files)
     states = migration_status(db, files, settings.ledger)
     rows = [
         {"name": s.name, "state": s.state, "applied_at": s.applied_at, "detail": s.detail}
@@ -128,6 +130,8 @@ def rollback(
 
     if backup is not None and no_backup:
         raise UsageError("--backup and --no-backup cannot be used together")
+    if backup is not None and backup.exists():
+        raise UsageError(f"--backup {backup} already exists; a backup never overwrites a file")
     settings: Settings = ctx.obj
     db = settings.open()
     plan = plan_rollback(db, settings.ledger)

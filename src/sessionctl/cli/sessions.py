@@ -30,6 +30,15 @@ StateExpired = Annotated[bool, typer.Option("--expired", help="Only expired sess
 StateAll = Annotated[bool, typer.Option("--all", help="Live and expired sessions")]
 
 
+def _text(value: str, what: str) -> str:
+    """A command-line value that must be text: bytes that are not UTF-8 are refused in one line."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{what} is not valid UTF-8 text") from None
+    return value
+
+
 def _state(active: bool, expired: bool, every: bool, default: str) -> str:
     chosen = [name for name, on in (("active", active), ("expired", expired), ("all", every)) if on]
     if len(chosen) > 1:
@@ -88,6 +97,9 @@ def list_(
         raise UsageError(f"unknown --status {unknown[0]!r}: use one of {', '.join(STATUSES)}")
     if after is not None and cursor is not None:
         raise UsageError("--after and --cursor cannot be used together")
+    for value, what in ((user, "--user"), (after, "--after"), (cursor, "--cursor")):
+        if value is not None:
+            _text(value, what)
     fmt = chosen_format(fmt, as_json)
     db = settings.open()
     now = now_ms()
@@ -151,6 +163,7 @@ def show(
     from sessionctl.repository import JSON_COLUMNS, find_session_row, now_ms
 
     settings: Settings = ctx.obj
+    _text(user_id, "USER_ID")
     db = settings.open()
     row = find_session_row(db, user_id)
     if row is None:
@@ -265,9 +278,27 @@ def cleanup(
                 db, now=now, batch_size=batch_size, on_batch=lambda n: progress.advance(task, n)
             )
     else:
-        deleted = cleanup_expired_sessions(db, now=now, batch_size=batch_size)
+        deleted = _cleanup_reporting_progress(db, now, batch_size)
     if not quiet:
         print(f"deleted {deleted} expired sessions")
+
+
+def _cleanup_reporting_progress(db, now: int, batch_size: int) -> int:
+    """Cleanup that, if a batch fails, says how many rows the earlier batches already deleted."""
+    from sessionctl.errors import SessionctlError
+    from sessionctl.repository import cleanup_expired_sessions
+
+    done = [0]
+
+    def count(n: int) -> None:
+        done[0] += n
+
+    try:
+        return cleanup_expired_sessions(db, now=now, batch_size=batch_size, on_batch=count)
+    except SessionctlError as error:
+        if done[0]:
+            error.args = (f"{error} (after deleting {done[0]} expired sessions in earlier batches)",)
+        raise
 
 
 @app.command()
@@ -280,6 +311,8 @@ def delete(
     from sessionctl.repository import delete_sessions
 
     settings: Settings = ctx.obj
+    for user_id in user_ids:
+        _text(user_id, "USER_ID")
     db = settings.open()
     confirm_or_refuse(
         f"Delete {len(user_ids)} session(s) ({', '.join(user_ids[:5])}{', ...' if len(user_ids) > 5 else ''}) in {db.description}?",

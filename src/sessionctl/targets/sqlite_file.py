@@ -1,7 +1,7 @@
 """A SQLite file on this machine: the embedded default, and wrangler's local D1 state.
 
 Built on the standard library's sqlite3 rather than sqlite-utils: importing
-sqlite-utils costs ~75 ms on every run (measured, see README "Start-up"),
+sqlite-utils costs ~75 ms on every run (measured, see README "Benchmarks"),
 and this module is on the path of every command. Writes take the lock up
 front with ``BEGIN IMMEDIATE`` and wait up to ``timeout`` seconds for it, so a
 live bot writing beside us is never met half-way through a transaction.
