@@ -30,16 +30,17 @@ def migrate(
     settings: Settings = ctx.obj
     files = settings.migrations()
     ledger = settings.ledger
-    settings.note_missing_sessions_migration(files)
     if dry_run:
         try:
             db = settings.open()
+            settings.note_missing_sessions_migration(files)
             pending = pending_migrations(db, files, ledger)
         except DatabaseNotFoundError:
             target = settings.target()
             if target.path is None:  # remote D1 is never created by migrate
                 raise
             settings.announce()
+            settings.note_missing_sessions_migration(files)
             pending = files
             print(f"-- {target.path} does not exist; migrate would create it")
         if not pending:
@@ -52,7 +53,9 @@ def migrate(
                     sql = sql.replace("?", "'" + str(value).replace("'", "''") + "'", 1)
                 print(sql.rstrip(";") + ";")
         return
-    apply_and_report(settings.open(create=True), files, ledger)
+    db = settings.open(create=True)
+    settings.note_missing_sessions_migration(files)
+    apply_and_report(db, files, ledger)
 
 
 def apply_and_report(db, files, ledger: str) -> list[str]:
