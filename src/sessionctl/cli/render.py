@@ -102,6 +102,15 @@ def render_object(obj: dict[str, Any], out: TextIO | None = None) -> None:
     out.write(_dumps(obj, indent=2) + "\n")
 
 
+def console(out: TextIO | None = None):
+    """A rich Console: the terminal's width on a terminal; piped, as wide as the content needs."""
+    from rich.console import Console
+
+    out = out or sys.stdout
+    wide = None if out.isatty() else 1_000
+    return Console(file=out, width=wide, highlight=False, soft_wrap=False)
+
+
 def _mark(ok: bool, out: TextIO) -> str:
     symbol = "✓" if ok else "✗"
     if out.isatty():

@@ -19,7 +19,7 @@ from sessionctl.cli.options import (
     YesOption,
     chosen_format,
 )
-from sessionctl.cli.render import Format, ObjectFormat, printable, render_object, render_rows
+from sessionctl.cli.render import Format, ObjectFormat, console, printable, render_object, render_rows
 from sessionctl.errors import UsageError
 
 app = typer.Typer(help="Inspect and purge sessions (through the repository module).", no_args_is_help=True)
@@ -174,7 +174,6 @@ def show(
     if chosen_format(fmt, as_json) is not Format.table:
         render_object(decoded)
         return
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -204,7 +203,7 @@ def show(
         grid.add_row("message count", str(len(messages)))
         if messages:
             grid.add_row("last message", escape(printable(json.dumps(messages[-1], ensure_ascii=False))))
-    Console(soft_wrap=False, highlight=False).print(grid)
+    console().print(grid)
 
 
 @app.command()
@@ -223,12 +222,11 @@ def stats(
     if chosen_format(fmt, as_json) is not Format.table:
         render_object(result.as_dict())
         return
-    from rich.console import Console
     from rich.table import Table
 
     from sessionctl.cli.timefmt import absolute, ago
 
-    console = Console(highlight=False)
+    out = console()
     widest = max(result.by_status.values(), default=0) or 1
     chart = Table.grid(padding=(0, 1))
     for _ in range(3):
@@ -236,7 +234,7 @@ def stats(
     for status, count in result.by_status.items():
         bar = "█" * round(30 * count / widest) if count else ""
         chart.add_row(status, f"[cyan]{bar}[/]", str(count))
-    console.print(chart)
+    out.print(chart)
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
@@ -246,7 +244,7 @@ def stats(
     facts.add_row("newest update", f"{absolute(result.newest_updated_at)} ({ago(result.newest_updated_at, now)})" if result.newest_updated_at else "-")
     if result.size_bytes is not None:
         facts.add_row("database size", f"{result.size_bytes / 1024:.1f} KiB")
-    console.print(facts)
+    out.print(facts)
 
 
 @app.command()
