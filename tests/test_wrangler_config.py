@@ -21,31 +21,21 @@ import pytest
 from typer.testing import CliRunner
 
 from sessionctl.targets.wrangler import CONFIG_NAMES, durable_object_hex
+from wrangler_tools import BOT_TOML, D1_SUBDIR, STATE_DIR, ZERO_ID
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SESSIONS_MIGRATION = "003_server_sessions_d1.sql"
 SESSIONS_SQL = (REPO_ROOT / "migrations" / SESSIONS_MIGRATION).read_text(encoding="utf-8")
 INIT_SQL = "CREATE TABLE IF NOT EXISTS conversations (chat_id TEXT PRIMARY KEY, updated_at INTEGER NOT NULL);\n"
 
-ZERO_ID = "00000000-0000-0000-0000-000000000000"
 ZERO_HEX = "9ba2b04bf514d9facfd57ed57d849e77241a7adc99d1c1545d06688b43d84248"  # checked with wrangler 4.86.0
 DB_HEX = "e7352547963de7050bd7d94658afc4fe78b61811b7815da12d90be8e863abf4d"  # binding "DB", no ids
 OTHER_ID = "11111111-1111-1111-1111-111111111111"
 STAGING_ID = "22222222-2222-2222-2222-222222222222"
 PREVIEW_ID = "33333333-3333-3333-3333-333333333333"
-STATE_DIR = Path(".wrangler/state/v3/d1/miniflare-D1DatabaseObject")
-PERSIST_SUBDIR = Path("v3/d1/miniflare-D1DatabaseObject")
+PERSIST_SUBDIR = D1_SUBDIR
 
-TOML = f"""\
-name = "telegram-bot"
-main = "src/index.js"
-compatibility_date = "2024-09-23"
-
-[[d1_databases]]
-binding = "DB"
-database_name = "telegram-conversations"
-database_id = "{ZERO_ID}"
-"""
+TOML = BOT_TOML
 
 JSONC = f"""\
 // wrangler.jsonc: comments and trailing commas are allowed here

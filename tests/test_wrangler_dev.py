@@ -33,28 +33,14 @@ import pytest
 from conftest import MIGRATIONS_DIR, SESSIONCTL, SESSIONS_MIGRATION
 from sessionctl.repository import SESSION_TTL_MS, ServerSession, SessionStatus, now_ms, save_server_session
 from sessionctl.targets import open_sqlite_file
+from wrangler_tools import BOT_TOML, STATE_DIR, require_wrangler, wrangler_env
 
 pytestmark = pytest.mark.wrangler
 
-# Read at import time: the conftest's autouse fixture deletes every SESSIONCTL_* variable.
-WRANGLER_ENV_VAR = "SESSIONCTL_TEST_WRANGLER"
-WRANGLER_PATH = os.environ.get(WRANGLER_ENV_VAR)
-
-DB_NAME = "telegram-conversations"
-STATE_DIR = Path(".wrangler/state/v3/d1/miniflare-D1DatabaseObject")
 READY_WITHIN_S = 60  # bounds on waiting, never asserted as speed
 RUN_TIMEOUT_S = 60
 
-WRANGLER_TOML = f"""\
-name = "telegram-bot"
-main = "src/index.js"
-compatibility_date = "2024-09-23"
-
-[[d1_databases]]
-binding = "DB"
-database_name = "{DB_NAME}"
-database_id = "00000000-0000-0000-0000-000000000000"
-"""
+WRANGLER_TOML = BOT_TOML
 
 # The bot's side: GET reads every session through env.DB, POST saves one (so the worker writes too).
 WORKER_JS = """\
@@ -84,19 +70,7 @@ export default {
 
 @pytest.fixture(scope="module")
 def wrangler_bin() -> Path:
-    if not WRANGLER_PATH:
-        pytest.fail(
-            f"{WRANGLER_ENV_VAR} is not set: the wrangler dev test needs the real wrangler. Run "
-            "`make test`, which installs it with npm ci (tests/wrangler/package-lock.json) into "
-            f".cache/wrangler and sets it; or `make wrangler` and set "
-            f"{WRANGLER_ENV_VAR}=$PWD/.cache/wrangler/node_modules/.bin/wrangler",
-            pytrace=False,
-        )
-    path = Path(WRANGLER_PATH)
-    if not path.is_file() or not os.access(path, os.X_OK):
-        pytest.fail(f"{WRANGLER_ENV_VAR}={WRANGLER_PATH} is not an executable file: run `make wrangler`",
-                    pytrace=False)
-    return path
+    return require_wrangler()
 
 
 def make_project(root: Path) -> Path:
@@ -154,10 +128,7 @@ def wrangler_dev(binary: Path, project: Path, logs: Path) -> Iterator[str]:
     ended afterwards: killing wrangler alone leaves workerd running.
     """
     port, inspector = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SESSIONCTL_", "WRANGLER_", "CLOUDFLARE_", "FORCE_COLOR"))}
-    env.update(CI="true", WRANGLER_SEND_METRICS="false", WRANGLER_HIDE_BANNER="true",
-               CLOUDFLARE_CF_FETCH_ENABLED="false", WRANGLER_LOG_PATH=str(logs))
+    env = wrangler_env(logs)
     output = logs / "wrangler-dev.out"
     url = f"http://127.0.0.1:{port}/"
     with output.open("wb") as sink:

@@ -26,38 +26,20 @@ import pytest
 from sessionctl.repository import ServerSession, SessionStatus, save_server_session
 from sessionctl.targets import open_sqlite_file
 from sessionctl.targets.wrangler import durable_object_hex
+from wrangler_tools import BOT_TOML, D1_SUBDIR, DB_NAME, REPO_ROOT, STATE_DIR, ZERO_ID, require_wrangler, wrangler_env
 
 pytestmark = pytest.mark.wrangler
 
-# Read at import time: the conftest's autouse fixture deletes every SESSIONCTL_* variable.
-WRANGLER_ENV_VAR = "SESSIONCTL_TEST_WRANGLER"
-WRANGLER_PATH = os.environ.get(WRANGLER_ENV_VAR)
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PINNED_VERSION = json.loads((REPO_ROOT / "tests" / "wrangler" / "package.json").read_text())["devDependencies"]["wrangler"]
 SESSIONCTL = Path(sys.executable).parent / "sessionctl"
 SESSIONS_MIGRATION = "003_server_sessions_d1.sql"
 SESSIONS_SQL = (REPO_ROOT / "migrations" / SESSIONS_MIGRATION).read_text(encoding="utf-8")
 INIT_SQL = "CREATE TABLE IF NOT EXISTS conversations (chat_id TEXT PRIMARY KEY, updated_at INTEGER NOT NULL);\n"
 SECOND_SQL = "CREATE TABLE IF NOT EXISTS user_prefs (user_id TEXT PRIMARY KEY, lang TEXT NOT NULL DEFAULT 'ko');\n"
 
-DB_NAME = "telegram-conversations"
-ZERO_ID = "00000000-0000-0000-0000-000000000000"
-STATE_DIR = Path(".wrangler/state/v3/d1/miniflare-D1DatabaseObject")
-D1_SUBDIR = Path("v3/d1/miniflare-D1DatabaseObject")
 FAR_FUTURE_MS = 32503680000000  # 3000-01-01
 
 WORKER_JS = "export default { async fetch() { return new Response('ok'); } };\n"
-TOML = f"""\
-name = "telegram-bot"
-main = "src/index.js"
-compatibility_date = "2024-09-23"
-
-[[d1_databases]]
-binding = "DB"
-database_name = "{DB_NAME}"
-database_id = "{ZERO_ID}"
-"""
+TOML = BOT_TOML
 
 
 # -- the two tools ----------------------------------------------------------------------------
@@ -65,28 +47,7 @@ database_id = "{ZERO_ID}"
 
 @pytest.fixture(scope="module")
 def wrangler_bin() -> Path:
-    if not WRANGLER_PATH:
-        pytest.fail(
-            f"{WRANGLER_ENV_VAR} is not set: the wrangler interop tests need the real wrangler. "
-            "Run `make test`, which installs wrangler with npm ci (tests/wrangler/package-lock.json) "
-            "into .cache/wrangler and sets it; or `make wrangler` and set "
-            f"{WRANGLER_ENV_VAR}=$PWD/.cache/wrangler/node_modules/.bin/wrangler",
-            pytrace=False,
-        )
-    path = Path(WRANGLER_PATH)
-    if not path.is_file() or not os.access(path, os.X_OK):
-        pytest.fail(
-            f"{WRANGLER_ENV_VAR}={WRANGLER_PATH} is not an executable file: run `make test`, "
-            "which installs wrangler with npm ci",
-            pytrace=False,
-        )
-    package = path.resolve().parents[1] / "package.json"  # .bin/wrangler -> wrangler/bin/wrangler.js
-    if package.is_file():
-        version = json.loads(package.read_text())["version"]
-        if version != PINNED_VERSION:
-            pytest.fail(f"{path} is wrangler {version}, the tests pin {PINNED_VERSION}: run `make wrangler`",
-                        pytrace=False)
-    return path
+    return require_wrangler()
 
 
 @pytest.fixture(scope="module")
@@ -100,17 +61,8 @@ class Wrangler:
     logs: Path
 
     def __call__(self, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("SESSIONCTL_", "WRANGLER_", "CLOUDFLARE_", "FORCE_COLOR"))}
-        env.update(
-            CI="true",
-            WRANGLER_SEND_METRICS="false",
-            WRANGLER_HIDE_BANNER="true",
-            CLOUDFLARE_CF_FETCH_ENABLED="false",
-            WRANGLER_LOG_PATH=str(self.logs),
-        )
         proc = subprocess.run(
-            [str(self.binary), *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+            [str(self.binary), *args], cwd=cwd, env=wrangler_env(self.logs), stdin=subprocess.DEVNULL,
             capture_output=True, text=True, encoding="utf-8", timeout=180,
         )
         if check and proc.returncode != 0:
