@@ -8,6 +8,7 @@ target's is. There is no second, hand-written copy of the schema to drift.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 import sqlite3
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -20,6 +21,7 @@ from sessionctl.migrations import (
 from sessionctl.names import INDEX, TABLE
 from sessionctl.repository import CLEANUP_SELECT_SQL, STATUSES
 from sessionctl.targets.base import Database
+from sessionctl.targets.sqlite_file import SqliteFileDatabase
 
 
 @dataclass(frozen=True)
@@ -30,18 +32,6 @@ class Check:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class _Memory:
-    """The minimal read side of the db interface, over an in-memory connection."""
-
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-
-    def query(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
-        cursor = self.conn.execute(sql, params)
-        names = [d[0] for d in cursor.description or ()]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
 def _schema(db: Any) -> dict[str, Any]:
@@ -70,7 +60,7 @@ def expected_schema(migration: MigrationFile) -> dict[str, Any]:
     try:
         for statement in migration.statements:
             conn.execute(statement)
-        return _schema(_Memory(conn))
+        return _schema(SqliteFileDatabase(conn, Path(":memory:"), 0, "the migration, in memory"))
     finally:
         conn.close()
 
@@ -168,9 +158,8 @@ def run_checks(
     else:
         add("cleanup uses index", False, f"no table {TABLE} to plan against")
 
-    state = next(
-        (s for s in migration_status(db, [migration], ledger) if s.name == migration.name), None
-    )
+    states = migration_status(db, all_migrations or [migration], ledger)
+    state = next((s for s in states if s.name == migration.name), None)
     if state is None or state.state == "pending":
         add("ledger", False, f"{ledger} does not record {migration.name}")
     elif state.state == "modified":
@@ -182,7 +171,7 @@ def run_checks(
         add("ledger", True, f"{ledger} records {migration.name}, checksum matches")
 
     if all_migrations is not None:
-        modified = [s.name for s in migration_status(db, all_migrations, ledger) if s.state == "modified"]
+        modified = [s.name for s in states if s.state == "modified"]
         add("migrations unchanged", not modified,
             f"changed since applied: {', '.join(modified)}" if modified
             else "no applied migration file was edited since it was applied")

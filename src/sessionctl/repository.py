@@ -207,17 +207,20 @@ RETURNING created_at
 
 _DELETE_SQL = f"DELETE FROM {TABLE} WHERE user_id = ?"
 
-CLEANUP_SELECT_SQL = f"SELECT user_id FROM {TABLE} WHERE expires_at <= ? ORDER BY expires_at LIMIT ?"
+
+def _cleanup_select(where: str) -> str:
+    return f"SELECT user_id FROM {TABLE} WHERE {where} ORDER BY expires_at LIMIT ?"
+
+
+CLEANUP_SELECT_SQL = _cleanup_select("expires_at <= ?")
 """The query cleanup's batches select with; ``verify`` checks that its plan uses the index."""
 
-# Each batch is one short statement that walks the expires_at index, so a bot
-# writing beside the cleanup waits at most one batch for the lock.
-_CLEANUP_BATCH_SQL = f"DELETE FROM {TABLE} WHERE user_id IN ({CLEANUP_SELECT_SQL})"
-_CLEANUP_PREFIX_BATCH_SQL = (
-    f"DELETE FROM {TABLE} WHERE user_id IN ("
-    f"SELECT user_id FROM {TABLE} WHERE expires_at <= ? AND user_id >= ? AND user_id < ? "
-    "ORDER BY expires_at LIMIT ?)"
-)
+
+def _expired(cutoff: int, user_prefix: str | None) -> tuple[str, tuple]:
+    """The WHERE clause (and its params) of the rows cleanup deletes."""
+    if not user_prefix:
+        return "expires_at <= ?", (cutoff,)
+    return "expires_at <= ? AND user_id >= ? AND user_id < ?", (cutoff, *_prefix_range(user_prefix))
 
 
 def get_server_session(db: Database, user_id: str, *, now: int | None = None) -> ServerSession | None:
@@ -289,11 +292,11 @@ def cleanup_expired_sessions(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    cutoff = _now(now)
-    if user_prefix:
-        sql, params = _CLEANUP_PREFIX_BATCH_SQL, (cutoff, *_prefix_range(user_prefix), batch_size)
-    else:
-        sql, params = _CLEANUP_BATCH_SQL, (cutoff, batch_size)
+    where, params = _expired(_now(now), user_prefix)
+    # Each batch is one short statement that walks the expires_at index, so a bot
+    # writing beside the cleanup waits at most one batch for the lock.
+    sql = f"DELETE FROM {TABLE} WHERE user_id IN ({_cleanup_select(where)})"
+    params = (*params, batch_size)
     total = 0
     while True:
         deleted = db.execute(sql, params).changes
@@ -306,12 +309,8 @@ def cleanup_expired_sessions(
 
 def count_expired_sessions(db: Database, *, now: int | None = None, user_prefix: str | None = None) -> int:
     """How many sessions cleanup would delete at ``now`` (optionally only ids with ``user_prefix``)."""
-    sql = f"SELECT count(*) AS n FROM {TABLE} WHERE expires_at <= ?"
-    params: tuple = (_now(now),)
-    if user_prefix:
-        sql += " AND user_id >= ? AND user_id < ?"
-        params += _prefix_range(user_prefix)
-    return db.query(sql, params)[0]["n"]
+    where, params = _expired(_now(now), user_prefix)
+    return db.query(f"SELECT count(*) AS n FROM {TABLE} WHERE {where}", params)[0]["n"]
 
 
 # -- the operator's queries (sessionctl sessions ...) ----------------------------------

@@ -15,13 +15,15 @@ from typing import Callable
 from sessionctl.checks import Check
 from sessionctl.repository import (
     SESSION_TTL_MS,
-    TABLE,
     ServerSession,
+    SessionQuery,
     SessionStatus,
     cleanup_expired_sessions,
     count_expired_sessions,
     delete_server_session,
+    delete_sessions,
     get_server_session,
+    list_sessions,
     now_ms,
     save_server_session,
 )
@@ -52,11 +54,8 @@ class _Run:
         return self.prefix + name
 
     def own_rows(self) -> list[str]:
-        rows = self.db.query(
-            f"SELECT user_id FROM {TABLE} WHERE user_id >= ? AND user_id < ?",
-            (self.prefix, self.prefix[:-1] + "."),  # '.' sorts right after '-'
-        )
-        return [row["user_id"] for row in rows]
+        query = SessionQuery(state="all", user_pattern=self.prefix, sort="user", limit=None)
+        return [row["user_id"] for row in list_sessions(self.db, query)]
 
     # -- the checklist ---------------------------------------------------------
 
@@ -151,10 +150,7 @@ class _Run:
         return "delete removes the session; deleting again is a no-op"
 
     def remove_own_rows(self) -> int:
-        rows = self.own_rows()
-        for user in rows:
-            delete_server_session(self.db, user)
-        return len(rows)
+        return len(delete_sessions(self.db, self.own_rows()))
 
 
 CHECKLIST = (

@@ -76,6 +76,7 @@ def _unrecord(db, settings: Settings, names: list[str]) -> None:
 def _roll_back(db, settings: Settings, applied: list[str], schema_before: set[tuple[str, str]]) -> None:
     """Undo what this run applied: 003 by the seed's rollback, the later files by unrecording them."""
     from sessionctl.backup import default_backup_path
+    from sessionctl.cli.schema import report_backup
     from sessionctl.names import CHECKSUM_TABLE, TABLE
     from sessionctl.rollback import plan_rollback, rollback_sessions_migration
 
@@ -90,9 +91,7 @@ def _roll_back(db, settings: Settings, applied: list[str], schema_before: set[tu
             print(f"not rolled back (no down migration): {', '.join(later)}")
         return
     plan = plan_rollback(db, settings.ledger)
-    outcome = rollback_sessions_migration(db, plan, default_backup_path())
-    if outcome.backup_path is not None:
-        print(f"backed up {outcome.rows_backed_up} rows to {outcome.backup_path}")
+    report_backup(rollback_sessions_migration(db, plan, default_backup_path()))
     print(f"rolled back {SESSIONS_MIGRATION}")
     if later:
         # They ran against the table just dropped; the ledger must not claim them.

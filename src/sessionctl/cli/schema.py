@@ -156,11 +156,15 @@ def rollback(
         yes,
         "rollback refused, nothing was dropped",
     )
-    outcome = rollback_sessions_migration(db, plan, backup_path)
-    if outcome.backup_path is not None:
-        print(f"backed up {outcome.rows_backed_up} rows to {outcome.backup_path}")
+    report_backup(rollback_sessions_migration(db, plan, backup_path))
     print(f"rolled back {MIGRATION_NAME}: dropped server_sessions and idx_server_sessions_expires"
           + (", removed its ledger row" if plan.in_ledger else ""))
+
+
+def report_backup(outcome) -> None:
+    """The line that tells the operator where the dropped rows are."""
+    if outcome.backup_path is not None:
+        print(f"backed up {outcome.rows_backed_up} rows to {outcome.backup_path}")
 
 
 def register(app: typer.Typer) -> None:

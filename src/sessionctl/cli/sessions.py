@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Iterator, List, Optional
+from typing import Annotated, Any, Callable, Iterator, List, Optional
 
 import typer
 
@@ -46,12 +47,6 @@ def _state(active: bool, expired: bool, every: bool, default: str) -> str:
     return chosen[0] if chosen else default
 
 
-def _decoded(row: dict[str, Any]) -> dict[str, Any]:
-    from sessionctl.repository import decode_row
-
-    return decode_row(row)[0]
-
-
 def _message_count(messages: Any) -> str:
     return str(len(messages)) if isinstance(messages, list) else "?"
 
@@ -85,7 +80,15 @@ def list_(
     as_json: JsonOption = False,
 ) -> None:
     """List sessions (default: live ones, soonest to expire first, 50 at a time)."""
-    from sessionctl.repository import SORT_COLUMNS, SessionQuery, cursor_for, find_session_row, list_sessions, now_ms
+    from sessionctl.repository import (
+        SORT_COLUMNS,
+        SessionQuery,
+        cursor_for,
+        decode_row,
+        find_session_row,
+        list_sessions,
+        now_ms,
+    )
 
     settings: Settings = ctx.obj
     if sort not in SORT_COLUMNS:
@@ -127,7 +130,7 @@ def list_(
     def rows() -> Iterator[dict[str, Any]]:
         for row in list_sessions(db, query, now=now):
             last[:] = [row]
-            decoded = _decoded(row)
+            decoded = decode_row(row)[0]
             yield _table_row(decoded, now) if fmt is Format.table else decoded
 
     from sessionctl.repository import COLUMNS
@@ -255,7 +258,7 @@ def cleanup(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No output (for cron)")] = False,
 ) -> None:
     """Delete expired sessions (expires_at <= now) in short batches; safe to run from cron."""
-    from sessionctl.repository import cleanup_expired_sessions, count_expired_sessions, now_ms
+    from sessionctl.repository import count_expired_sessions, now_ms
 
     settings: Settings = ctx.obj
     settings.quiet = settings.quiet or quiet
@@ -266,22 +269,27 @@ def cleanup(
         if not quiet:
             print(f"would delete {expired} expired sessions (dry run, nothing deleted)")
         return
-    if expired > batch_size and not quiet and sys.stderr.isatty():
-        from rich.console import Console
-        from rich.progress import Progress
-
-        with Progress(console=Console(stderr=True), transient=True) as progress:
-            task = progress.add_task("deleting expired sessions", total=expired)
-            deleted = cleanup_expired_sessions(
-                db, now=now, batch_size=batch_size, on_batch=lambda n: progress.advance(task, n)
-            )
-    else:
-        deleted = _cleanup_reporting_progress(db, now, batch_size)
+    with _progress_bar(expired if expired > batch_size and not quiet else 0) as advance:
+        deleted = _cleanup_reporting_progress(db, now, batch_size, advance)
     if not quiet:
         print(f"deleted {deleted} expired sessions")
 
 
-def _cleanup_reporting_progress(db, now: int, batch_size: int) -> int:
+@contextlib.contextmanager
+def _progress_bar(total: int) -> Iterator[Callable[[int], None]]:
+    """A bar on stderr when it is a terminal and there is more than one batch; else nothing."""
+    if not total or not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("deleting expired sessions", total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+def _cleanup_reporting_progress(db, now: int, batch_size: int, advance: Callable[[int], None]) -> int:
     """Cleanup that, if a batch fails, says how many rows the earlier batches already deleted."""
     from sessionctl.errors import SessionctlError
     from sessionctl.repository import cleanup_expired_sessions
@@ -290,6 +298,7 @@ def _cleanup_reporting_progress(db, now: int, batch_size: int) -> int:
 
     def count(n: int) -> None:
         done[0] += n
+        advance(n)
 
     try:
         return cleanup_expired_sessions(db, now=now, batch_size=batch_size, on_batch=count)
