@@ -526,6 +526,25 @@ def test_local_and_remote_together(remote, fake):
     assert fake.requests == []
 
 
+def test_persist_to_with_remote_is_a_usage_error(remote, fake):
+    line = one_error(remote("--persist-to", "state", "status"), 2)
+    assert line == "sessionctl: error: --persist-to is for the local state; it cannot be used with --remote"
+    assert fake.requests == []
+
+
+def test_remote_needs_a_database_id_in_the_config(tmp_path, remote, fake):
+    project = tmp_path / "no-id"
+    project.mkdir()
+    (project / "wrangler.toml").write_text(
+        'name = "telegram-bot"\n\n[[d1_databases]]\nbinding = "DB"\ndatabase_name = "telegram-conversations"\n',
+        encoding="utf-8",
+    )
+    line = one_error(remote("status", cwd=project), 2)
+    assert line == (f"sessionctl: error: {project / 'wrangler.toml'}: telegram-conversations (binding DB) "
+                    "has no database_id, which --remote needs")
+    assert fake.requests == []
+
+
 @pytest.mark.parametrize("token", [SECRET + "\n", " " + SECRET + "\r\n", SECRET + "한"],
                          ids=["newline", "crlf", "not-latin-1"])
 def test_a_malformed_token_neither_crashes_nor_shows(remote, fake, token):
