@@ -7,7 +7,7 @@ so the default ./sessions.db (and ./backups/) never touch the repository.
 from __future__ import annotations
 
 import os
-import sqlite3
+import raw_sqlite
 import subprocess
 import sys
 from pathlib import Path
@@ -24,13 +24,13 @@ MIGRATIONS_DIR = REPO_ROOT / "migrations"
 SESSIONS_MIGRATION = "003_server_sessions_d1.sql"
 SESSIONCTL = Path(sys.executable).parent / "sessionctl"
 
-# wrangler's ledger statement as ../shared/reference/d1-and-wrangler.md gives it (one line) ...
+# wrangler's ledger statement as its documentation gives it (one line) ...
 REFERENCE_LEDGER_DDL = (
     "CREATE TABLE IF NOT EXISTS d1_migrations(id INTEGER PRIMARY KEY AUTOINCREMENT, "
     "name TEXT UNIQUE, applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL)"
 )
-# ... and as wrangler sends it, byte for byte (workers-sdk packages/wrangler/src/d1/migrations/
-# helpers.ts, initMigrationsTable): sqlite_master keeps this text.
+# ... and as the pinned wrangler sends it, byte for byte (its initMigrationsTable): sqlite_master
+# keeps this text.
 WRANGLER_LEDGER_DDL = (
     "CREATE TABLE IF NOT EXISTS d1_migrations(\n"
     "\t\tid         INTEGER PRIMARY KEY AUTOINCREMENT,\n"
@@ -109,9 +109,9 @@ def run_sessionctl() -> Callable[..., subprocess.CompletedProcess]:
 # -- helpers (plain functions, imported by the test modules) -----------------------
 
 
-def raw_connect(path: Path) -> sqlite3.Connection:
-    """A plain sqlite3 connection, to read or damage a file behind the library's back."""
-    return sqlite3.connect(path, isolation_level=None)
+def raw_connect(path: Path) -> raw_sqlite.RawConnection:
+    """A plain connection of its own (see raw_sqlite), to read or damage a file behind the library's back."""
+    return raw_sqlite.connect(path)
 
 
 def copy_migrations(tmp_path: Path, name: str = "migrations") -> Path:

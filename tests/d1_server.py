@@ -1,7 +1,7 @@
 """FakeD1: a loopback TEST DOUBLE of Cloudflare D1's HTTP API, backed by a real SQLite file.
 
 Not Cloudflare: a small stand-in that behaves like the API as
-shared/reference/d1-and-wrangler.md ("D1 over Cloudflare's HTTP API") describes it, so the
+it is documented to behave, so the
 remote target can be tested end to end, offline, over real HTTP:
 
 - ``POST {base}/accounts/{account_id}/d1/database/{database_id}/query`` (and ``/raw``) with

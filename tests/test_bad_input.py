@@ -210,7 +210,7 @@ def test_migration_file_with_an_sql_error_exits_1_naming_the_file(run_sessionctl
     assert result.stdout == f"applied {SESSIONS_MIGRATION}\n"
     assert_one_error_line(
         result.stderr,
-        "migration 004_broken.sql failed: no such table: no_such_table; nothing of it was applied",
+        "migration 004_broken.sql failed at line 2: no such table: no_such_table; nothing of it was applied",
     )
 
 

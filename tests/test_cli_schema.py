@@ -70,10 +70,16 @@ def _save_rows(db: Path, count: int) -> None:
 # -- global options --------------------------------------------------------------
 
 
-def test_version_prints_the_package_version(cli):
+def test_version_prints_the_package_version_and_the_sqlite_it_runs(cli):
+    import apsw
+
     result = cli("--version")
     assert result.exit_code == 0
-    assert result.stdout == f"sessionctl {__version__}\n"
+    assert result.stdout == (
+        f"sessionctl {__version__} (SQLite {apsw.sqlite_lib_version()}, APSW {apsw.apsw_version()})\n"
+    )
+    sqlite_version = tuple(int(part) for part in apsw.sqlite_lib_version().split("."))
+    assert sqlite_version >= (3, 47), "D1 runs SQLite 3.47 or newer; the engine must be at least as new"
 
 
 def test_help_documents_every_exit_code(cli):
@@ -199,7 +205,8 @@ def test_migrate_dry_run_on_a_missing_file_prints_the_sql_and_creates_nothing(cl
     assert f"-- {SESSIONS_MIGRATION} (one transaction)" in out
     assert "CREATE TABLE IF NOT EXISTS server_sessions ( user_id TEXT PRIMARY KEY," in out
     assert "CREATE INDEX IF NOT EXISTS idx_server_sessions_expires ON server_sessions(expires_at);" in out
-    assert f"INSERT INTO d1_migrations (name) VALUES ('{SESSIONS_MIGRATION}');" in out
+    # wrangler's own ledger INSERT, its name pasted in, as wrangler sends it
+    assert f"INSERT INTO d1_migrations (name)\n\t\t\t\t\t\t\t\tvalues ('{SESSIONS_MIGRATION}');" in out
     assert str(db_path) in out.splitlines()[0]
 
 
@@ -273,7 +280,7 @@ def test_migrate_stops_at_a_failing_file_naming_it_with_exit_1(cli, tmp_path, db
     assert result.stdout == f"applied {SESSIONS_MIGRATION}\n"
     assert_one_error_line(
         result.stderr,
-        'migration 004_bad.sql failed: near "SELEC": syntax error; nothing of it was applied',
+        'migration 004_bad.sql failed at line 2: near "SELEC": syntax error; nothing of it was applied',
     )
     assert "half" not in _tables(db_path)
     assert _sql(db_path, "SELECT name FROM d1_migrations") == [(SESSIONS_MIGRATION,)]
@@ -705,11 +712,8 @@ def test_rollback_backup_holds_every_row_with_raw_values_byte_for_byte(cli, tmp_
     malformed = '{"budget": 5000, "purpose": "웹' + "\\u00"  # truncated JSON, an unfinished escape
     conn = raw_connect(db_path)
     conn.execute("UPDATE server_sessions SET collected_info = ? WHERE user_id = 'u1'", (malformed,))
-    stored = [
-        dict(zip([d[0] for d in cur.description], row))
-        for cur in [conn.execute("SELECT * FROM server_sessions ORDER BY user_id")]
-        for row in cur.fetchall()
-    ]
+    conn.row_factory = dict
+    stored = conn.execute("SELECT * FROM server_sessions ORDER BY user_id").fetchall()
     conn.close()
     backup = tmp_path / "my" / "backup.jsonl"
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import threading
+
+import apsw
 
 from conftest import SESSIONCTL, SESSIONS_MIGRATION, error_lines, raw_connect
 from sessionctl.repository import (
@@ -66,11 +67,11 @@ def test_creating_a_database_waits_for_a_writer_that_got_to_the_new_file_first(t
     timeout), as every other statement does, not fail at once saying it waited.
     """
     path = tmp_path / "new.db"
-    real_connect = sqlite3.connect
+    real_connect = apsw.Connection
     writer_done = threading.Event()
 
     def connect_after_another_writer_started(*args, **kwargs):
-        other = real_connect(path, isolation_level=None, check_same_thread=False)
+        other = real_connect(str(path))
         other.execute("BEGIN IMMEDIATE")
         other.execute("CREATE TABLE other_writer(x)")
 
@@ -80,10 +81,10 @@ def test_creating_a_database_waits_for_a_writer_that_got_to_the_new_file_first(t
             writer_done.set()
 
         threading.Timer(0.3, finish).start()
-        monkeypatch.setattr(sqlite3, "connect", real_connect)
+        monkeypatch.setattr(apsw, "Connection", real_connect)
         return real_connect(*args, **kwargs)
 
-    monkeypatch.setattr(sqlite_file.sqlite3, "connect", connect_after_another_writer_started)
+    monkeypatch.setattr(sqlite_file.apsw, "Connection", connect_after_another_writer_started)
 
     try:
         db = open_sqlite_file(path, create=True, timeout=10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import raw_sqlite
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ STATUSES = "gathering, recommending, selecting, ordering, completed"
 
 
 def user_ids(db_path: Path) -> list[str]:
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     try:
         return [r[0] for r in conn.execute("SELECT user_id FROM server_sessions ORDER BY user_id")]
     finally:
@@ -104,7 +105,7 @@ def test_export_piped_into_import_dash_round_trips_every_row(run_sessionctl, db_
     before = raw_rows(db_path)
     exported = run_sessionctl("--db", db_path, "sessions", "export")
     assert exported.returncode == 0, exported.stderr
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     with conn:
         conn.execute("DELETE FROM server_sessions")
     conn.close()
@@ -160,7 +161,7 @@ def test_export_of_an_empty_table_is_empty(cli, db_path, migrated_db, tmp_path):
 def test_export_then_import_round_trips_malformed_json_byte_for_byte(cli, db_path, varied, tmp_path):
     before = raw_rows(db_path)
     assert cli("--db", db_path, "sessions", "export", "-o", "dump.jsonl").exit_code == 0
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     with conn:
         conn.execute("DELETE FROM server_sessions")
     conn.close()
@@ -197,7 +198,7 @@ def incoming(stored, tmp_path):
 
 
 def messages_by_user(db_path: Path) -> dict[str, str]:
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     try:
         return dict(conn.execute("SELECT user_id, messages FROM server_sessions"))
     finally:
@@ -216,7 +217,7 @@ def test_import_on_conflict_replace_overwrites_every_stored_row(cli, db_path, in
     assert result.exit_code == 0, result.output
     assert result.stdout == "imported 3 of 3 sessions from in.jsonl\n"
     assert messages_by_user(db_path) == {"older-in-db": '["file"]', "newer-in-db": '["file"]', "only-in-file": '["file"]'}
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     stored = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM server_sessions WHERE user_id = 'newer-in-db'").fetchone()
     conn.close()
     assert stored == tuple(incoming["newer-in-db"][c] for c in COLUMNS)  # every column, even older times
@@ -369,7 +370,7 @@ def test_import_of_a_file_that_is_not_utf8_exits_2_and_writes_nothing(cli, db_pa
 
 
 def test_import_without_the_sessions_table_exits_1_and_says_to_migrate(cli, db_path, tmp_path):
-    sqlite3.connect(db_path).execute("CREATE TABLE other (x)").connection.close()
+    raw_sqlite.connect(db_path).execute("CREATE TABLE other (x)").connection.close()
     (tmp_path / "one.jsonl").write_text(jsonl(session("x", 1, now=1)), encoding="utf-8")
     result = cli("--db", db_path, "sessions", "import", "one.jsonl")
     assert result.exit_code == 1
@@ -388,7 +389,7 @@ def test_export_rollback_migrate_import_restores_identical_rows(cli, db_path, va
 
     rolled = cli("--db", db_path, "rollback", "--yes", "--backup", "rollback.jsonl")
     assert rolled.exit_code == 0, rolled.output
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'server_sessions'").fetchone() == (0,)
     conn.close()
 
@@ -432,7 +433,7 @@ def build_db(path: Path, rows: int) -> Path:
     list(apply_migrations(db, discover_migrations(bundled_migrations_dir())))
     db.close()
     messages = "[" + ",".join('{"role":"user","content":"서버 추천 %d"}' % k for k in range(8)) + "]"
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = raw_sqlite.connect(path, isolation_level=None)
     conn.execute("BEGIN")
     conn.executemany(
         "INSERT INTO server_sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -516,6 +517,6 @@ def test_rollback_refuses_an_existing_backup_path_before_doing_anything(cli, db_
         assert result.exit_code == 2
         assert_one_error_line(result.stderr, f"--backup {existing} already exists; a backup never overwrites a file")
     assert existing.read_text(encoding="utf-8") == "keep me\n"
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'server_sessions'").fetchone() == (1,)
     conn.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 import sqlite3
@@ -24,9 +23,9 @@ from sessionctl.migrations import (
     discover_migrations,
     migration_status,
     pending_migrations,
-    split_statements,
 )
 from sessionctl.targets.sqlite_file import open_sqlite_file
+from sessionctl.wrangler_sql import split_sql
 
 SEED_SQL = (MIGRATIONS_DIR / SESSIONS_MIGRATION).read_text(encoding="utf-8")
 
@@ -54,28 +53,6 @@ def _write(folder: Path, name: str, sql: str) -> Path:
 
 
 # -- discovery order ---------------------------------------------------------------
-
-
-def _wrangler_order(names: list[str]) -> list[str]:
-    """wrangler's comparator (workers-sdk d1/migrations/helpers.ts): leading number, then name.
-
-    The number is parseInt(name.split("_")[0], 10); numbered files before unnumbered ones;
-    ties by plain string comparison.
-    """
-
-    def number(name: str) -> int | None:
-        match = re.match(r"\s*([+-]?\d+)", name.split("_")[0])
-        return int(match.group(1)) if match else None
-
-    def compare(a: str, b: str) -> int:
-        na, nb = number(a), number(b)
-        if na != nb:
-            if na is not None and nb is not None:
-                return na - nb
-            return -1 if na is not None else 1
-        return (a > b) - (a < b)
-
-    return sorted(names, key=functools.cmp_to_key(compare))
 
 
 def test_discovery_orders_by_leading_number_then_name_as_wrangler_does(tmp_path):
@@ -112,8 +89,7 @@ def test_discovery_orders_by_leading_number_then_name_as_wrangler_does(tmp_path)
         "20240101_init.sql",
         "Alpha.sql",
         "init.sql",
-    ]
-    assert discovered == _wrangler_order(names)
+    ]  # the order the pinned wrangler applies them in (test_wrangler_sql checks the rule itself)
 
 
 def test_discovery_of_a_missing_folder_names_it(tmp_path):
@@ -128,23 +104,23 @@ def test_discovery_records_the_sha256_of_the_file_bytes():
     assert migration.sha256 == hashlib.sha256((MIGRATIONS_DIR / SESSIONS_MIGRATION).read_bytes()).hexdigest()
 
 
-# -- splitting ---------------------------------------------------------------------
+# -- splitting (wrangler's reading; compared with wrangler's own code in test_wrangler_sql) --
+
+
+def split_statements(sql: str) -> list[str]:
+    return [statement.sql for statement in split_sql(sql)]
 
 
 def test_split_keeps_semicolons_inside_string_literals():
     assert split_statements("INSERT INTO t VALUES ('a;b'); INSERT INTO t VALUES (\"c;d\");") == [
-        "INSERT INTO t VALUES ('a;b');",
-        'INSERT INTO t VALUES ("c;d");',
+        "INSERT INTO t VALUES ('a;b')",
+        'INSERT INTO t VALUES ("c;d")',
     ]
 
 
-def test_split_ignores_semicolons_in_comments_and_drops_comment_only_tails():
-    sql = "-- first; comment\nCREATE TABLE t(x);\n/* block; comment */ SELECT 1;\n-- the end;\n"
-    statements = split_statements(sql)
-    assert statements == [
-        "-- first; comment\nCREATE TABLE t(x);",
-        "/* block; comment */ SELECT 1;",
-    ]
+def test_split_strips_comments_as_wrangler_does():
+    sql = "-- first; comment\nCREATE TABLE t(x -- why x;\n);\n/* block; comment */ SELECT 1;\n-- the end;\n"
+    assert split_statements(sql) == ["CREATE TABLE t(x \n)", "SELECT 1"]
 
 
 def test_split_keeps_a_trigger_body_in_one_statement():
@@ -157,21 +133,21 @@ def test_split_keeps_a_trigger_body_in_one_statement():
         "SELECT 1;"
     )
     assert split_statements(sql) == [
-        "CREATE TABLE t(x);",
+        "CREATE TABLE t(x)",
         "CREATE TRIGGER tr AFTER INSERT ON t BEGIN\n"
         "  INSERT INTO log VALUES (new.x);\n"
         "  UPDATE log SET x = x + 1;\n"
-        "END;",
-        "SELECT 1;",
+        "END",
+        "SELECT 1",
     ]
 
 
 def test_split_keeps_a_last_statement_without_semicolon():
-    assert split_statements("SELECT 1; SELECT 2") == ["SELECT 1;", "SELECT 2"]
+    assert split_statements("SELECT 1; SELECT 2") == ["SELECT 1", "SELECT 2"]
 
 
-def test_split_of_blank_or_comment_only_text_is_empty():
-    assert split_statements("  \n -- nothing here;\n /* nor; here */ ;\n") == []
+def test_each_statement_knows_the_line_it_starts_on():
+    assert [s.line for s in split_sql("SELECT 1;\n\n-- c\nSELECT 2;\r\nSELECT\n3;")] == [1, 4, 5]
 
 
 def test_the_seed_migration_splits_into_its_two_statements():
@@ -179,7 +155,7 @@ def test_the_seed_migration_splits_into_its_two_statements():
     assert len(statements) == 2
     assert statements[0].startswith("CREATE TABLE IF NOT EXISTS server_sessions (")
     assert statements[1] == (
-        "CREATE INDEX IF NOT EXISTS idx_server_sessions_expires ON server_sessions(expires_at);"
+        "CREATE INDEX IF NOT EXISTS idx_server_sessions_expires ON server_sessions(expires_at)"
     )
 
 
@@ -310,7 +286,7 @@ def test_failing_file_leaves_nothing_of_itself_and_earlier_files_stay_applied(tm
     db.close()
 
     assert str(caught.value) == (
-        "migration 002_bad.sql failed: no such table: no_such_table; nothing of it was applied"
+        "migration 002_bad.sql failed at line 2: no such table: no_such_table; nothing of it was applied"
     )
     assert caught.value.name == "002_bad.sql"
     assert applied == ["001_ok.sql"]
@@ -330,7 +306,7 @@ def test_failing_first_file_leaves_no_ledger_table_rows(tmp_path, db_path):
     _write(folder, "001_bad.sql", "CREATE TABLE a(x);\nCREATE TABLE a(x);\n")
     db = open_sqlite_file(db_path, create=True)
 
-    with pytest.raises(MigrationFailedError, match=r"^migration 001_bad.sql failed: table a already exists;"):
+    with pytest.raises(MigrationFailedError, match=r"^migration 001_bad.sql failed at line 2: table a already exists;"):
         list(apply_migrations(db, discover_migrations(folder)))
     db.close()
 
@@ -349,7 +325,7 @@ def test_constraint_failure_inside_a_file_is_reported_as_that_file_failing(tmp_p
     db.close()
 
     assert str(caught.value) == (
-        "migration 001_bad.sql failed: UNIQUE constraint failed: u.x; nothing of it was applied"
+        "migration 001_bad.sql failed at line 3: UNIQUE constraint failed: u.x; nothing of it was applied"
     )
     assert "u" not in _table_names(db_path)
 

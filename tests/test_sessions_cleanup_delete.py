@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import raw_sqlite
 import threading
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def row(user_id: str, expires_at: int, **overrides) -> dict:
 
 
 def raw_rows(db_path: Path) -> dict[str, tuple]:
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     try:
         return {
             r[0]: r

@@ -7,6 +7,7 @@ import io
 import json
 import shlex
 import sqlite3
+import raw_sqlite
 from pathlib import Path
 
 import pytest
@@ -331,7 +332,7 @@ def test_cursor_pages_the_default_active_listing(cli, db_path, sixty_live):
 def test_cursor_keeps_working_after_its_row_is_deleted(cli, db_path, sixty_live):
     first = cli("--db", db_path, "sessions", "list", "--limit", "10", "--sort", "user", "--format", "ndjson")
     assert ndjson_ids(first.stdout)[-1] == "user-009"
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     with conn:
         conn.execute("DELETE FROM server_sessions WHERE user_id = 'user-009'")
     conn.close()
@@ -555,7 +556,7 @@ def big_db(tmp_path_factory):
     list(apply_migrations(db, discover_migrations(bundled_migrations_dir())))
     db.close()
     now = now_ms()
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = raw_sqlite.connect(path, isolation_level=None)
     conn.execute("BEGIN")
     conn.executemany(
         "INSERT INTO server_sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -581,7 +582,7 @@ def big_db(tmp_path_factory):
 
 def plan_details(path: Path, query: SessionQuery, now: int) -> list[str]:
     sql, params = build_list_query(query, now)
-    conn = sqlite3.connect(path)
+    conn = raw_sqlite.connect(path)
     try:
         return [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
     finally:
@@ -619,7 +620,7 @@ def test_list_query_searches_an_index_and_never_scans_the_table(big_db, query):
 
 def vm_steps(path: Path, sql: str, params) -> tuple[int, int]:
     """(VM instructions / 1000, rows) for one query: the work SQLite did, independent of the clock."""
-    conn = sqlite3.connect(path)
+    conn = raw_sqlite.connect(path)
     steps = [0]
 
     def tick() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+import raw_sqlite
 from pathlib import Path
 
 import pytest
@@ -286,7 +287,7 @@ def test_stats_of_an_empty_table_is_all_zeros(cli, db_path, migrated_db):
 
 
 def test_stats_without_the_sessions_table_exits_1_and_says_to_migrate(cli, db_path):
-    sqlite3.connect(db_path).execute("CREATE TABLE other (x)").connection.close()
+    raw_sqlite.connect(db_path).execute("CREATE TABLE other (x)").connection.close()
     result = cli("--db", db_path, "sessions", "stats")
     assert result.exit_code == 1
     assert_one_error_line(

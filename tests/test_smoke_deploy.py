@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import raw_sqlite
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ END;
 
 
 def smoke_rows(db_path: Path) -> list[str]:
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     try:
         return [r[0] for r in conn.execute(
             "SELECT user_id FROM server_sessions WHERE user_id GLOB 'sessionctl-smoke-*'")]
@@ -52,7 +53,7 @@ def smoke_rows(db_path: Path) -> list[str]:
 
 
 def schema_objects(db_path: Path) -> set[tuple[str, str]]:
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     try:
         return set(conn.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"))
     finally:
@@ -60,7 +61,7 @@ def schema_objects(db_path: Path) -> set[tuple[str, str]]:
 
 
 def ledger(db_path: Path) -> list[str]:
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     try:
         return [r[0] for r in conn.execute("SELECT name FROM d1_migrations ORDER BY id")]
     finally:
@@ -159,7 +160,7 @@ def test_two_smokes_at_once_never_sweep_each_others_rows(run_sessionctl, db_path
 
 
 def test_smoke_fails_with_exit_1_when_writes_are_corrupted(cli, db_path, migrated_db):
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     conn.executescript(CORRUPTING_TRIGGER)
     conn.close()
     result = cli("--db", db_path, "smoke")
@@ -174,7 +175,7 @@ def test_smoke_fails_with_exit_1_when_writes_are_corrupted(cli, db_path, migrate
 
 
 def test_smoke_json_reports_a_failure_with_ok_false(cli, db_path, migrated_db):
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     conn.executescript(CORRUPTING_TRIGGER)
     conn.close()
     result = cli("--db", db_path, "smoke", "--format", "json")
@@ -185,7 +186,7 @@ def test_smoke_json_reports_a_failure_with_ok_false(cli, db_path, migrated_db):
 
 
 def test_smoke_without_the_sessions_table_exits_1(cli, db_path):
-    sqlite3.connect(db_path).execute("CREATE TABLE other (x)").connection.close()
+    raw_sqlite.connect(db_path).execute("CREATE TABLE other (x)").connection.close()
     result = cli("--db", db_path, "smoke")
     assert result.exit_code == 1
     assert_one_error_line(
@@ -349,7 +350,7 @@ def test_deploy_rollback_on_failure_keeps_a_table_that_existed_before_the_run(cl
     deploy then records 003 without creating anything; when smoke fails, rolling back
     must not drop the live table this run did not create.
     """
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     conn.executescript((MIGRATIONS_DIR / SESSIONS_MIGRATION).read_text(encoding="utf-8"))
     conn.close()
     now = now_ms()
@@ -357,7 +358,7 @@ def test_deploy_rollback_on_failure_keeps_a_table_that_existed_before_the_run(cl
         session("12345", now + 30 * MINUTE),
         session("67890", now + 50 * MINUTE),
     ])
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     conn.executescript(CORRUPTING_TRIGGER)  # part of the live schema: smoke's writes lose messages
     conn.close()
     before = raw_rows(db_path)

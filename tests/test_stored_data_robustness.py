@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import raw_sqlite
 
 from conftest import assert_one_error_line
 from rows import insert_rows
@@ -30,7 +31,7 @@ def _row(user_id: str, **columns) -> dict:
 
 
 def _store_invalid_utf8(db_path, user_id: str) -> None:
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     with conn:
         conn.execute(
             "INSERT INTO server_sessions VALUES (?, 'gathering', CAST(? AS TEXT), NULL, '[]', ?, ?, ?)",
@@ -40,7 +41,7 @@ def _store_invalid_utf8(db_path, user_id: str) -> None:
 
 
 def _stored_bytes(db_path, user_id: str) -> bytes:
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     try:
         return conn.execute(
             "SELECT CAST(collected_info AS BLOB) FROM server_sessions WHERE user_id = ?", (user_id,)
@@ -91,7 +92,7 @@ def test_invalid_utf8_survives_export_and_import_byte_for_byte(run_sessionctl, m
     assert exported.returncode == 0, exported.stderr
     line = (tmp_path / "out.jsonl").read_text(encoding="utf-8")
     assert line.isascii() and "\\udcff" in line
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     with conn:
         conn.execute("DELETE FROM server_sessions")
     conn.close()
@@ -119,14 +120,14 @@ def test_a_lone_surrogate_in_an_import_line_is_refused_naming_the_line(run_sessi
         result.stderr,
         f"{tmp_path / 'in.jsonl'}:2: user_id holds a lone surrogate, which is not storable text; nothing was imported",
     )
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     assert conn.execute("SELECT count(*) FROM server_sessions").fetchone() == (0,)
     conn.close()
 
 
 def test_a_lone_surrogate_in_a_message_is_saved_escaped_like_json_stringify(migrated_db, db_path):
     save_server_session(migrated_db, "u", ServerSession(messages=[{"content": "half \ud83d"}]), now=T0)
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     stored = conn.execute("SELECT messages FROM server_sessions WHERE user_id = 'u'").fetchone()[0]
     conn.close()
     assert stored == '[{"content":"half \\ud83d"}]'

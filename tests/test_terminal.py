@@ -13,6 +13,7 @@ import fcntl
 import os
 import select
 import sqlite3
+import raw_sqlite
 import struct
 import subprocess
 import termios
@@ -184,7 +185,7 @@ def test_quiet_cleanup_on_a_terminal_prints_nothing_even_for_many_batches(tmp_pa
 
 
 def _ledger_and_tables(db_path: Path) -> tuple[list, list]:
-    conn = sqlite3.connect(db_path)
+    conn = raw_sqlite.connect(db_path)
     try:
         ledger = conn.execute("SELECT name FROM d1_migrations").fetchall()
         objects = conn.execute(

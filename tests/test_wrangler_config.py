@@ -1,8 +1,7 @@
 """wrangler projects without wrangler: config discovery and parsing, D1 binding selection,
 where the local state file is, and every bad input with its exit code and its one line.
 
-Issue 4 ("wrangler projects"). The facts are in shared/reference/d1-and-wrangler.md; the
-places where they were checked against the real wrangler 4.86.0 are noted. The interop
+The places where they were checked against the real wrangler 4.86.0 are noted. The interop
 proofs (real wrangler reading what sessionctl wrote and the reverse) live in
 test_wrangler_interop.py; this module is fast and needs no node.
 
@@ -15,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import raw_sqlite
 from pathlib import Path
 
 import pytest
@@ -129,7 +129,7 @@ def assert_error(result, code: int) -> str:
 
 
 def ledger_names(path: Path, table: str = "d1_migrations") -> list[str]:
-    conn = sqlite3.connect(path)
+    conn = raw_sqlite.connect(path)
     try:
         return [name for (name,) in conn.execute(f"SELECT name FROM {table} ORDER BY id")]
     finally:
@@ -137,7 +137,7 @@ def ledger_names(path: Path, table: str = "d1_migrations") -> list[str]:
 
 
 def table_names(path: Path) -> set[str]:
-    conn = sqlite3.connect(path)
+    conn = raw_sqlite.connect(path)
     try:
         return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     finally:
@@ -187,7 +187,7 @@ def test_migrate_local_on_fresh_project_creates_the_file_where_wrangler_looks(ru
     assert expected.is_file()
     assert sqlite_files(tmp_path) == {expected}  # nothing beside it: no metadata.sqlite, no _cf_ tables
     assert not {name for name in table_names(expected) if name.startswith("_cf_")}
-    conn = sqlite3.connect(expected)
+    conn = raw_sqlite.connect(expected)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
@@ -443,6 +443,32 @@ def test_env_reads_its_own_d1_databases(run, tmp_path):
     assert ledger_names(expected) == [SESSIONS_MIGRATION]  # migrations_dir of the env entry
 
 
+def test_cloudflare_env_chooses_the_environment_as_wrangler_does(run, tmp_path):
+    make_project(tmp_path, WITH_ENVS)
+    (tmp_path / "migrations-staging").mkdir()
+    (tmp_path / "migrations-staging" / SESSIONS_MIGRATION).write_text(SESSIONS_SQL)
+    result = run("migrate", env={"CLOUDFLARE_ENV": "staging"})
+    assert_ok(result)
+    assert "(binding DB, env staging)" in target_line(result)
+    assert sqlite_files(tmp_path) == {state_file(tmp_path, durable_object_hex(STAGING_ID))}
+
+
+def test_env_option_beats_cloudflare_env_and_an_empty_env_is_the_top_level(run, tmp_path):
+    make_project(tmp_path, WITH_ENVS)
+    result = run("--env", "", "migrate", env={"CLOUDFLARE_ENV": "staging"})
+    assert_ok(result)
+    assert target_line(result).startswith("sessionctl: target: wrangler local D1 telegram-conversations (binding DB) at ")
+    assert sqlite_files(tmp_path) == {state_file(tmp_path)}
+    assert_ok(run("--env", "", "status"))  # the top level, with no variable at all
+
+
+def test_cloudflare_env_is_ignored_for_a_plain_sqlite_file(run, tmp_path):
+    make_project(tmp_path, WITH_ENVS)
+    result = run("--db", tmp_path / "plain.db", "migrate", env={"CLOUDFLARE_ENV": "staging"})
+    assert_ok(result)
+    assert (tmp_path / "plain.db").exists() and sqlite_files(tmp_path) == set()  # no local D1 state made
+
+
 def test_env_without_d1_databases_does_not_inherit_the_top_level(run, tmp_path):
     config = make_project(tmp_path, WITH_ENVS)
     for args in (("--env", "production", "status"), ("--env", "production", "--local", "migrate")):
@@ -470,10 +496,16 @@ def test_unknown_env_lists_the_environments(run, tmp_path):
     config = make_project(tmp_path, WITH_ENVS)
     message = assert_error(run("--env", "qa", "status"), 2)
     assert message == f"no environment 'qa' in {config} (environments: production, staging)"
-    config.write_text(TOML)
-    message = assert_error(run("--env", "qa", "migrate"), 2)
-    assert message == f"no environment 'qa' in {config} (environments: none)"
     assert not (tmp_path / ".wrangler").exists()
+
+
+def test_an_env_in_a_config_that_defines_none_uses_the_top_level_with_a_warning_as_wrangler_does(run, tmp_path):
+    config = make_project(tmp_path, TOML)
+    result = run("--env", "qa", "migrate")
+    assert result.exit_code == 0, result.stderr
+    assert (f"sessionctl: warning: no environment 'qa' in {config}, which defines none: using its top level "
+            "(as wrangler does)") in result.stderr.splitlines()
+    assert state_file(tmp_path).exists()
 
 
 # -- migrations_dir and migrations_table ----------------------------------------------------------
@@ -638,7 +670,7 @@ def test_db_alone_in_a_wrangler_project_uses_the_plain_file(run, tmp_path):
 def test_cf_metadata_is_ignored_by_verify_status_and_stats(run, tmp_path):
     make_project(tmp_path)
     assert_ok(run("--local", "migrate"))
-    conn = sqlite3.connect(state_file(tmp_path), isolation_level=None)
+    conn = raw_sqlite.connect(state_file(tmp_path), isolation_level=None)
     try:  # as workerd's D1 creates it
         conn.execute("CREATE TABLE _cf_METADATA (\n        key INTEGER PRIMARY KEY,\n        value BLOB\n      )")
         conn.execute("INSERT INTO _cf_METADATA VALUES (2, 4)")
@@ -661,7 +693,7 @@ def test_cf_metadata_is_ignored_by_verify_status_and_stats(run, tmp_path):
     assert [row["name"] for row in json.loads(status.stdout)] == ["001_init.sql", SESSIONS_MIGRATION]
 
     assert_ok(run("--local", "migrate"))  # nothing to apply; D1's tables untouched
-    conn = sqlite3.connect(state_file(tmp_path))
+    conn = raw_sqlite.connect(state_file(tmp_path))
     try:
         assert conn.execute("SELECT key, value FROM _cf_METADATA").fetchall() == [(2, 4)]
     finally:

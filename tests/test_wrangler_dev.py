@@ -1,5 +1,5 @@
-"""Issue 4: "Works while `wrangler dev` has the same database open (WAL); writes wait on the lock
-instead of failing."
+"""sessionctl works while `wrangler dev` has the same database open (WAL): writes wait on the lock
+instead of failing.
 
 The first test runs the real `wrangler dev` (the pinned wrangler from SESSIONCTL_TEST_WRANGLER,
 as the interop tests do; missing, the test FAILS, it never skips) on a project whose worker reads
@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import raw_sqlite
 import subprocess
 import sys
 import time
@@ -319,7 +320,7 @@ def test_delete_and_migrate_wait_for_another_writers_lock_on_the_wal_local_state
     assert (migrate_code, migrate_err) == (0, ""), migrate_out + migrate_err
     assert migrate_out == f"applied {EXTRA_MIGRATION}\n"
 
-    conn = sqlite3.connect(db_file)
+    conn = raw_sqlite.connect(db_file)
     try:
         assert conn.execute("SELECT user_id FROM server_sessions ORDER BY user_id").fetchall() == [
             ("Y",), ("holder",)]  # X deleted; the holder's row committed, nothing lost

@@ -1,4 +1,4 @@
-"""Interop with the real wrangler (issue 4): both tools resolve the same SQLite file and the
+"""Interop with the real wrangler: both tools resolve the same SQLite file and the
 same migration ledger, and each reads what the other wrote.
 
 wrangler is the pinned npm package installed by `make wrangler` (tests/wrangler/package-lock.json)
@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import sqlite3
+import raw_sqlite
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -147,7 +148,7 @@ def d1_files(tmp_path: Path) -> set[Path]:
 
 
 def ledger(path: Path, table: str = "d1_migrations") -> list[tuple[int, str]]:
-    conn = sqlite3.connect(path)
+    conn = raw_sqlite.connect(path)
     try:
         return conn.execute(f"SELECT id, name FROM {table} ORDER BY id").fetchall()
     finally:

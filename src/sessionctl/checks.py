@@ -8,8 +8,6 @@ target's is. There is no second, hand-written copy of the schema to drift.
 from __future__ import annotations
 
 import re
-from pathlib import Path
-import sqlite3
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -20,8 +18,9 @@ from sessionctl.migrations import (
 )
 from sessionctl.names import INDEX, TABLE
 from sessionctl.repository import CLEANUP_SELECT_SQL, STATUSES
-from sessionctl.targets.base import Database
-from sessionctl.targets.sqlite_file import SqliteFileDatabase
+from sessionctl.errors import ConstraintError
+from sessionctl.targets.base import Database, Statement
+from sessionctl.targets.sqlite_file import open_memory_database
 
 
 @dataclass(frozen=True)
@@ -56,13 +55,12 @@ def _schema(db: Any) -> dict[str, Any]:
 
 
 def expected_schema(migration: MigrationFile) -> dict[str, Any]:
-    conn = sqlite3.connect(":memory:")
+    db = open_memory_database("the migration, in memory")
     try:
-        for statement in migration.statements:
-            conn.execute(statement)
-        return _schema(SqliteFileDatabase(conn, Path(":memory:"), 0, "the migration, in memory"))
+        db.batch(Statement(sql, from_user=True) for sql in migration.statements)
+        return _schema(db)
     finally:
-        conn.close()
+        db.close()
 
 
 def _describe_column(column: tuple) -> str:
@@ -73,22 +71,22 @@ def _describe_column(column: tuple) -> str:
 def _status_check_behaviour(table_sql: str) -> tuple[list[str], list[str]]:
     """Replay the target's own CREATE TABLE in memory; which statuses does its CHECK accept?"""
     probes = list(STATUSES) + ["bogus", "GATHERING", "", "completed "]
-    conn = sqlite3.connect(":memory:")
+    db = open_memory_database("the status CHECK, in memory")
     accepted, rejected = [], []
     try:
-        conn.execute(table_sql)
+        db.execute(table_sql)
         for status in probes:
             try:
-                conn.execute(
+                db.execute(
                     f"INSERT INTO {TABLE} (user_id, status, created_at, updated_at, expires_at) "
                     "VALUES (?, ?, 0, 0, 0)",
                     (f"probe-{status}", status),
                 )
                 accepted.append(status)
-            except sqlite3.IntegrityError:
+            except ConstraintError:
                 rejected.append(status)
     finally:
-        conn.close()
+        db.close()
     return accepted, rejected
 
 

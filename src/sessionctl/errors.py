@@ -69,9 +69,12 @@ class MigrationsDirError(MigrationError):
 
 
 class MigrationFailedError(MigrationError):
-    def __init__(self, name: str, message: str):
-        super().__init__(f"migration {name} failed: {message}; nothing of it was applied")
+    def __init__(self, name: str, message: str, line: int | None = None):
+        where = f" at line {line}" if line is not None else ""
+        super().__init__(f"migration {name} failed{where}: {message}; nothing of it was applied")
         self.name = name
+        self.line = line
+        self.reason = message
 
 
 class ModifiedMigrationError(MigrationError):

@@ -5,23 +5,26 @@ file name), so ``wrangler d1 migrations list`` and sessionctl agree on what is
 applied. wrangler keeps no checksums; sessionctl keeps them in a table of its own
 (``sessionctl_migration_checksums``) so the ledger stays exactly wrangler's.
 
-Each file is applied as ONE batch -- ledger row first, then the file's statements,
-then its checksum -- so the file and its ledger row commit together or not at all.
-The ledger row goes first so that a second ``migrate`` racing this one fails on
-the ledger's UNIQUE name before running any of the file, and rolls back cleanly.
+Files are found, ordered and read exactly as wrangler reads them
+(``sessionctl.wrangler_sql``): the same statements reach the engine, comments
+stripped, a ``BEGIN TRANSACTION;``/``COMMIT;`` wrapper removed, wrangler's own
+ledger INSERT last. Each file is applied as ONE batch -- its statements, its
+ledger row, its checksum -- so the file and its ledger row commit together or
+not at all. A second ``migrate`` racing this one fails on the ledger's UNIQUE
+name (or on the file's own objects, already there) and its batch rolls back;
+finding the name in the ledger then tells it the file was applied meanwhile.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from sessionctl.errors import (
-    ConstraintError,
     MigrationFailedError,
     MigrationsDirError,
     ModifiedMigrationError,
@@ -29,11 +32,24 @@ from sessionctl.errors import (
 )
 from sessionctl.names import CHECKSUM_TABLE, DEFAULT_LEDGER
 from sessionctl.targets.base import Database, Statement
+from sessionctl.wrangler_sql import (
+    SeveralTransactionsError,
+    SqlStatement,
+    TransactionControlError,
+    read_migration,
+    split_sql,
+    wrangler_order,
+)
 
-__all__ = ["CHECKSUM_TABLE", "DEFAULT_LEDGER"]  # re-exported: callers name them from here too
+# CHECKSUM_TABLE and DEFAULT_LEDGER are re-exported: callers name them from here too.
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_LEADING_NUMBER = re.compile(r"^(\d+)")
+
+# What D1 answers a BEGIN, COMMIT, ROLLBACK or SAVEPOINT with, word for word.
+D1_REFUSES_TRANSACTIONS = (
+    "To execute a transaction, please use the state.storage.transaction() or "
+    "state.storage.transactionSync() APIs instead of the SQL BEGIN TRANSACTION or SAVEPOINT statements"
+)
 
 
 def ledger_ddl(table: str) -> str:
@@ -74,7 +90,31 @@ class MigrationFile:
 
     @property
     def statements(self) -> list[str]:
-        return split_statements(self.sql)
+        """The file's own statements as D1 receives them (no ledger INSERT)."""
+        return [statement.sql for statement in split_sql(self.sql)]
+
+    def statements_for(self, ledger: str) -> list[SqlStatement]:
+        """What applying the file sends: its statements, then wrangler's ledger INSERT.
+
+        Raises MigrationFailedError, before anything runs, for a file D1 would refuse
+        part-way through (transaction control inside it).
+        """
+        try:
+            return read_migration(self.sql, ledger, self.name)
+        except SeveralTransactionsError as exc:
+            raise MigrationFailedError(
+                self.name,
+                "could not process the provided SQL file, as it contains several transactions "
+                "(a second BEGIN TRANSACTION; D1 runs each file in one transaction of its own)",
+                exc.line,
+            ) from None
+        except TransactionControlError as exc:
+            raise MigrationFailedError(
+                self.name,
+                f"{exc.keyword}: {D1_REFUSES_TRANSACTIONS} (D1 runs each file in one transaction "
+                "of its own; only a BEGIN TRANSACTION;/COMMIT; wrapper around the whole file is removed)",
+                exc.line,
+            ) from None
 
 
 def bundled_migrations_dir() -> Path:
@@ -85,45 +125,24 @@ def bundled_migrations_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "migrations"
 
 
-def _order_key(name: str) -> tuple[int, int, str]:
-    match = _LEADING_NUMBER.match(name)
-    return (0, int(match.group(1)), name) if match else (1, 0, name)
-
-
 def discover_migrations(directory: Path) -> list[MigrationFile]:
-    """``*.sql`` files in ``directory``, by leading number then name (as wrangler orders them)."""
+    """Every ``*.sql`` entry in ``directory`` (hidden ones too), in wrangler's order."""
     directory = Path(directory)
     if not directory.is_dir():
         raise MigrationsDirError(f"migrations folder not found: {directory}")
+    names = [name for name in os.listdir(directory) if name.endswith(".sql")]
     files = []
-    for path in sorted(directory.glob("*.sql"), key=lambda p: _order_key(p.name)):
+    for name in wrangler_order(names):
+        path = directory / name
+        if not path.is_file():
+            raise MigrationsDirError(f"{path}: not a file (wrangler reads every *.sql entry as a migration)")
         data = path.read_bytes()
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise MigrationsDirError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-        files.append(MigrationFile(path.name, path, text, hashlib.sha256(data).hexdigest()))
+        files.append(MigrationFile(name, path, text, hashlib.sha256(data).hexdigest()))
     return files
-
-
-def split_statements(sql: str) -> list[str]:
-    """Split a SQL script into complete statements, respecting strings, comments and triggers."""
-    statements, buffer = [], ""
-    for piece in re.split(r"(;)", sql):
-        buffer += piece
-        if piece == ";" and sqlite3.complete_statement(buffer):
-            statement = buffer.strip()
-            if _has_code(statement):
-                statements.append(statement)
-            buffer = ""
-    if _has_code(buffer):
-        statements.append(buffer.strip())
-    return statements
-
-
-def _has_code(sql: str) -> bool:
-    without_comments = re.sub(r"--[^\n]*|/\*.*?\*/", "", sql, flags=re.S)
-    return bool(without_comments.strip(" \t\r\n;"))
 
 
 # -- ledger and status -------------------------------------------------------------
@@ -215,13 +234,17 @@ class ApplyOutcome:
     outcome: str  # applied | applied-concurrently | would-apply
 
 
+def ledger_statements(table: str) -> list[Statement]:
+    """Create the ledger (and the checksum table) if missing: a step of its own, as in wrangler,
+    so the ledger exists even when the first file fails."""
+    return [Statement(ledger_ddl(table)), Statement(CHECKSUM_DDL)]
+
+
 def plan_statements(migration: MigrationFile, table: str) -> list[Statement]:
-    """The one batch that applies ``migration``: ledger row, its SQL, its checksum."""
+    """The one batch that applies ``migration``: its statements, its ledger row, its checksum."""
     return [
-        Statement(ledger_ddl(table)),
-        Statement(CHECKSUM_DDL),
-        Statement(f"INSERT INTO {table} (name) VALUES (?)", (migration.name,)),
-        *(Statement(sql) for sql in migration.statements),
+        *ledger_statements(table),
+        *(Statement(statement.sql, from_user=True) for statement in migration.statements_for(table)),
         Statement(
             f"INSERT OR REPLACE INTO {CHECKSUM_TABLE} (ledger, name, sha256) VALUES (?, ?, ?)",
             (table, migration.name, migration.sha256),
@@ -249,15 +272,29 @@ def apply_migrations(
     leaves nothing of itself behind and the files before it stay applied.
     """
     check_table_name(table)
-    for migration in pending_migrations(db, files, table):
+    pending = {migration.name: migration for migration in pending_migrations(db, files, table)}
+    if not table_exists(db, table):
+        db.batch(ledger_statements(table))
+    for name in wrangler_order(list(pending)):
+        migration = pending[name]
+        statements = plan_statements(migration, table)
         try:
-            db.batch(plan_statements(migration, table))
-        except ConstraintError as exc:
+            db.batch(statements)
+        except SQLError as exc:
             if migration.name in read_ledger(db, table):
-                # Another migrate committed this file first: its ledger row beat ours.
+                # Another migrate committed this file first: our batch failed on its
+                # ledger row (or on its objects) and rolled back.
                 yield ApplyOutcome(migration.name, "applied-concurrently")
                 continue
-            raise MigrationFailedError(migration.name, str(exc)) from exc
-        except SQLError as exc:
-            raise MigrationFailedError(migration.name, str(exc)) from exc
+            raise MigrationFailedError(migration.name, str(exc), _failed_line(exc, migration, table)) from exc
         yield ApplyOutcome(migration.name, "applied")
+
+
+def _failed_line(exc: SQLError, migration: MigrationFile, table: str) -> int | None:
+    """The file's line where the failing statement starts, when the target says which it was."""
+    failed = getattr(exc, "statement_index", None)
+    statements = migration.statements_for(table)
+    index = None if failed is None else failed - 2  # after the ledger and checksum DDL
+    if index is None or not 0 <= index < len(statements):
+        return None
+    return statements[index].line

@@ -51,7 +51,9 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        print(f"sessionctl {__version__}")
+        import apsw  # a few ms: the engine every local target runs
+
+        print(f"sessionctl {__version__} (SQLite {apsw.sqlite_lib_version()}, APSW {apsw.apsw_version()})")
         raise typer.Exit()
 
 
@@ -78,7 +80,9 @@ def main_options(
                      show_default=False),
     ] = None,
     env: Annotated[
-        Optional[str], typer.Option("--env", "-e", help="wrangler environment (reads env.NAME.d1_databases)")
+        Optional[str],
+        typer.Option("--env", "-e", show_default=False,
+                     help='wrangler environment (reads env.NAME.d1_databases) [default: $CLOUDFLARE_ENV; "" is the top level]'),
     ] = None,
     local: Annotated[
         bool, typer.Option("--local", help="wrangler's local D1 state (the default in a wrangler project)")

@@ -33,7 +33,7 @@ class Settings:
     db_from_env: bool = False  # SESSIONCTL_DB, which explicit wrangler options override
     config: Path | None = None
     database: str | None = None
-    env: str | None = None
+    env: str | None = None  # the --env option ("" is the top level)
     local: bool = False
     remote: bool = False
     persist_to: Path | None = None
@@ -79,6 +79,11 @@ class Settings:
         if not config.is_file():
             raise WranglerConfigError(f"wrangler config not found: {config}")
         data = wrangler.load_config(config)
+        # CLOUDFLARE_ENV counts only inside a wrangler project, as it does for wrangler.
+        self.env = wrangler.chosen_env(self.env)
+        if self.env and not data.get("env"):
+            print(f"sessionctl: warning: no environment {self.env!r} in {config}, which defines none: "
+                  "using its top level (as wrangler does)", file=sys.stderr)
         databases = wrangler.d1_databases(config, data, self.env)
         if not databases and not wrangler_options:
             # A wrangler project without D1: not ours to guess at; the embedded default applies.

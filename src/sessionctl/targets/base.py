@@ -19,6 +19,9 @@ Row = dict[str, Any]
 class Statement:
     sql: str
     params: tuple[Any, ...] = ()
+    #: SQL a user wrote (a migration file's statement): run under D1's rules, as exactly
+    #: one statement, the way D1 prepares it. sessionctl's own statements leave it False.
+    from_user: bool = False
 
 
 @dataclass

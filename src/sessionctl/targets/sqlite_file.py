@@ -1,22 +1,29 @@
 """A SQLite file on this machine: the embedded default, and wrangler's local D1 state.
 
-Built on the standard library's sqlite3 rather than sqlite-utils: importing
-sqlite-utils costs ~75 ms on every run (measured, see README "Benchmarks"),
-and this module is on the path of every command. Writes take the lock up
-front with ``BEGIN IMMEDIATE`` and wait up to ``timeout`` seconds for it, so a
-live bot writing beside us is never met half-way through a transaction.
+The engine is APSW, which bundles its own SQLite (3.54 at the time of writing)
+on Linux, macOS and Windows, so what a migration does here does not depend on
+how the user's Python was built: Python's own ``sqlite3`` can be years older
+than D1's engine, and then ``concat()`` fails and ``unixepoch('subsec')`` stores
+NULL. APSW imports in a few milliseconds (see README "Benchmarks"); sqlite-utils
+costs ~75 ms a run, which is why this module does not use it.
+
+Every connection follows D1's rules (``sessionctl.d1_rules``): foreign keys are
+enforced, and SQL a user wrote runs under D1's authorizer, one statement at a
+time (as wrangler splits them). Writes take the lock up front with ``BEGIN IMMEDIATE`` and wait up to
+``timeout`` seconds for it, so a live bot writing beside us is never met
+half-way through a transaction.
 """
 
 from __future__ import annotations
 
 import os
-import sqlite3
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
-from urllib.parse import quote
 
+import apsw
+
+from sessionctl import d1_rules
 from sessionctl.errors import (
     ConstraintError,
     DatabaseLockedError,
@@ -29,6 +36,7 @@ from sessionctl.errors import (
 from sessionctl.targets.base import Result, Row, Statement
 
 DEFAULT_TIMEOUT_S = 5.0
+SQLITE_VERSION = apsw.sqlite_lib_version()
 
 
 def open_sqlite_file(
@@ -52,50 +60,33 @@ def open_sqlite_file(
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DatabaseUnavailableError(f"cannot create {path.parent}: {exc.strerror}") from None
-    mode = "rwc" if create else "rw"
-    uri = f"file:{quote(str(path.absolute()))}?mode={mode}"
+    flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
     try:
-        conn = sqlite3.connect(
-            uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False
-        )
-    except sqlite3.Error as exc:
-        raise DatabaseUnavailableError(f"cannot open {path}: {exc}") from None
-    # Text that is not valid UTF-8 reads back with its bytes as surrogate escapes
-    # instead of failing the whole query: one bad row must not stop a listing or a backup.
-    conn.text_factory = lambda data: data.decode("utf-8", "surrogateescape")
+        conn = apsw.Connection(str(path.absolute()), flags=flags)
+    except apsw.Error as exc:
+        raise DatabaseUnavailableError(f"cannot open {path}: {_message(exc)}") from None
     db = SqliteFileDatabase(conn, path, timeout, description or f"sqlite file {path}")
     # Reading the schema is what tells a text file or a truncated file from a database.
     db.query("SELECT count(*) AS n FROM sqlite_master")
     if is_new:
         # WAL lets readers (and wrangler dev) go on while we write.
-        _switch_to_wal(db, timeout)
+        db.switch_to_wal()
     return db
 
 
-def _switch_to_wal(db: "SqliteFileDatabase", timeout: float) -> None:
-    """Switch a new file to WAL, waiting up to ``timeout`` like every other statement.
-
-    The switch needs an exclusive lock, and SQLite returns SQLITE_BUSY for it at once,
-    without calling the busy handler, while another connection holds a write lock
-    (a second ``migrate`` racing us onto the new file): so retry until the deadline.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            db.query("PRAGMA journal_mode=WAL")
-            return
-        except DatabaseLockedError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.01)
+def open_memory_database(description: str = "in memory") -> "SqliteFileDatabase":
+    """A private in-memory database with the same engine and D1 rules (to replay migrations)."""
+    return SqliteFileDatabase(apsw.Connection(":memory:"), Path(":memory:"), 0, description)
 
 
 class SqliteFileDatabase:
-    def __init__(self, conn: sqlite3.Connection, path: Path, timeout: float, description: str):
+    def __init__(self, conn: apsw.Connection, path: Path, timeout: float, description: str):
         self.conn = conn
         self.path = path
         self.timeout = timeout
         self.description = description
+        conn.set_busy_timeout(int(timeout * 1000))
+        d1_rules.install(conn)
 
     # -- reads ---------------------------------------------------------------
 
@@ -103,16 +94,48 @@ class SqliteFileDatabase:
         return list(self.iter_query(sql, params))
 
     def iter_query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Row]:
+        names: list[str] | None = None
+        yielded = 0
         with self._translated():
             cursor = self.conn.execute(sql, tuple(params))
-            names = [d[0] for d in cursor.description or ()]
         while True:
-            with self._translated():
-                chunk = cursor.fetchmany(500)
-            if not chunk:
+            try:
+                with self._translated():
+                    values = next(cursor, None)
+            except UnicodeDecodeError:
+                # Text that is not valid UTF-8: read the rest with its bytes as surrogate
+                # escapes, so one bad row stops neither a listing nor a backup.
+                yield from self._iter_undecodable(sql, params, skip=yielded)
                 return
-            for values in chunk:
-                yield dict(zip(names, values))
+            if values is None:
+                return
+            if names is None:
+                names = [d[0] for d in cursor.get_description()]
+            yielded += 1
+            yield dict(zip(names, values))
+
+    def _iter_undecodable(self, sql: str, params: Sequence[Any], skip: int) -> Iterator[Row]:
+        with self._translated():
+            names = [d[0] for d in self.conn.execute(sql, tuple(params)).get_description()]
+        # TEXT comes back as its bytes, with typeof() beside it to tell it from a BLOB.
+        picks = ", ".join(
+            f'CASE WHEN typeof("{i}") = \'text\' THEN CAST("{i}" AS BLOB) ELSE "{i}" END, typeof("{i}")'
+            for i in range(len(names))
+        )
+        renamed = ", ".join(f'"{i}"' for i in range(len(names)))
+        wrapped = f"WITH q({renamed}) AS ({sql}) SELECT {picks} FROM q"
+        with self._translated():
+            cursor = self.conn.execute(wrapped, tuple(params))
+            for number, values in enumerate(cursor):
+                if number < skip:
+                    continue
+                row = {}
+                for i, name in enumerate(names):
+                    value, kind = values[2 * i], values[2 * i + 1]
+                    if kind == "text":
+                        value = value.decode("utf-8", "surrogateescape")
+                    row[name] = value
+                yield row
 
     # -- writes --------------------------------------------------------------
 
@@ -121,20 +144,65 @@ class SqliteFileDatabase:
 
     def batch(self, statements: Iterable[Statement]) -> list[Result]:
         results: list[Result] = []
-        with self._translated():
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in statements:
-                    cursor = self.conn.execute(statement.sql, statement.params)
-                    names = [d[0] for d in cursor.description or ()]
-                    rows = [dict(zip(names, values)) for values in cursor.fetchall()]
-                    results.append(Result(rows=rows, changes=max(cursor.rowcount, 0)))
-                self.conn.execute("COMMIT")
-            except BaseException:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                raise
+        index: int | None = None
+        try:
+            with self._translated():
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for index, statement in enumerate(statements):
+                        results.append(self._run(statement))
+                    index = None  # a failure now is the commit's (a deferred foreign key)
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
+                    raise
+        except SQLError as exc:
+            exc.statement_index = index  # which statement of the batch failed, if one did
+            raise
         return results
+
+    def _run(self, statement: Statement) -> Result:
+        before = self.conn.total_changes()
+        if statement.from_user:
+            # A piece of a migration file: under D1's rules. Like local D1, a piece that
+            # wrangler's splitter left holding several statements runs all of them.
+            with d1_rules.enforced(self.conn):
+                cursor = self.conn.execute(statement.sql, statement.params)
+                rows = self._rows(cursor)
+        else:
+            cursor = self.conn.execute(statement.sql, statement.params)
+            rows = self._rows(cursor)
+        return Result(rows=rows, changes=self.conn.total_changes() - before)
+
+    @staticmethod
+    def _rows(cursor: apsw.Cursor) -> list[Row]:
+        rows: list[Row] = []
+        names: list[str] | None = None
+        for values in cursor:
+            if names is None:
+                names = [d[0] for d in cursor.get_description()]
+            rows.append(dict(zip(names, values)))
+        return rows
+
+    def switch_to_wal(self) -> None:
+        """Put the file in WAL mode, waiting up to ``timeout`` like every other statement.
+
+        The switch needs an exclusive lock, and SQLite returns SQLITE_BUSY for it at once,
+        without calling the busy handler, while another connection holds a write lock
+        (a second ``migrate`` racing us onto the new file): so retry until the deadline.
+        """
+        import time
+
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                self.query("PRAGMA journal_mode=WAL")
+                return
+            except DatabaseLockedError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     # -- facts ---------------------------------------------------------------
 
@@ -155,30 +223,29 @@ class SqliteFileDatabase:
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
-        """Turn sqlite3's exceptions into sessionctl's typed ones, naming the file."""
+        """Turn APSW's exceptions into sessionctl's typed ones, naming the file."""
         try:
             yield
-        except sqlite3.IntegrityError as exc:
-            raise ConstraintError(str(exc)) from exc
-        except sqlite3.OperationalError as exc:
-            raise self._operational(exc) from exc
-        except sqlite3.DatabaseError as exc:
-            message = str(exc)
-            if "not a database" in message or "malformed" in message:
-                raise NotADatabaseError(
-                    f"{self.path} is not a usable SQLite database ({message})"
-                ) from exc
-            raise SQLError(message) from exc
-
-    def _operational(self, exc: sqlite3.OperationalError) -> Exception:
-        message = str(exc)
-        if "locked" in message or "busy" in message:
-            return DatabaseLockedError(
+        except apsw.ConstraintError as exc:
+            raise ConstraintError(_message(exc)) from exc
+        except (apsw.BusyError, apsw.LockedError) as exc:
+            raise DatabaseLockedError(
                 f"{self.path} is locked by another process (waited {self.timeout:g} s; "
                 "try again, or raise --timeout)"
-            )
-        if "readonly" in message or "read-only" in message:
-            return ReadOnlyDatabaseError(f"{self.path} is read-only ({message})")
-        if "unable to open" in message or "disk I/O" in message:
-            return DatabaseUnavailableError(f"cannot use {self.path} ({message})")
-        return SQLError(message)
+            ) from exc
+        except apsw.ReadOnlyError as exc:
+            raise ReadOnlyDatabaseError(f"{self.path} is read-only ({_message(exc)})") from exc
+        except (apsw.NotADBError, apsw.CorruptError) as exc:
+            raise NotADatabaseError(
+                f"{self.path} is not a usable SQLite database ({_message(exc)})"
+            ) from exc
+        except (apsw.CantOpenError, apsw.IOError, apsw.FullError) as exc:
+            raise DatabaseUnavailableError(f"cannot use {self.path} ({_message(exc)})") from exc
+        except apsw.AuthError as exc:
+            raise SQLError(d1_rules.refusal_message(self.conn) or _message(exc)) from exc
+        except apsw.Error as exc:
+            raise SQLError(_message(exc)) from exc
+
+
+def _message(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

@@ -1,6 +1,6 @@
 """wrangler projects: find and read the config, pick a D1 binding, locate its local state.
 
-No typer/rich here. Facts (see shared/reference/d1-and-wrangler.md):
+No typer/rich here. What wrangler does, checked against the pinned wrangler:
 - config files looked up upward from the working directory: wrangler.json
   (all the way up), then wrangler.jsonc, then wrangler.toml -- as wrangler's
   findUpSync per name does, so a parent's wrangler.json beats a nearer .toml;
@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sessionctl.errors import UsageError, WranglerConfigError
+
+ENV_VARIABLE = "CLOUDFLARE_ENV"
 
 CONFIG_NAMES = ("wrangler.json", "wrangler.jsonc", "wrangler.toml")
 D1_OBJECT = "miniflare-D1DatabaseObject"
@@ -98,16 +101,30 @@ def load_config(path: Path) -> dict[str, Any]:
     return data
 
 
+def chosen_env(option: str | None, environ: dict[str, str] | None = None) -> str | None:
+    """The environment wrangler would use: ``--env``, else ``CLOUDFLARE_ENV``; "" is the top level."""
+    environ = os.environ if environ is None else environ
+    env = option if option is not None else environ.get(ENV_VARIABLE)
+    return env or None
+
+
 def d1_databases(config_path: Path, data: dict[str, Any], env: str | None) -> list[D1Database]:
-    """The D1 entries of the top level, or of ``env.NAME`` (not inherited, as in wrangler)."""
+    """The D1 entries of the top level, or of ``env.NAME`` (not inherited, as in wrangler).
+
+    As wrangler does: an environment the config does not define is an error when the
+    config defines others, and only a warning (the top level is used) when it defines none.
+    """
     section = data
     prefix = ""
+    env = env or None
     if env is not None:
         envs = data.get("env") or {}
         if not isinstance(envs, dict):
             raise WranglerConfigError(f"{config_path}: env must be a table of environments")
+        if env not in envs and not envs:
+            return d1_databases(config_path, data, None)
         if env not in envs:
-            known = ", ".join(sorted(envs)) or "none"
+            known = ", ".join(sorted(envs))
             raise UsageError(f"no environment {env!r} in {config_path} (environments: {known})")
         section = envs[env]
         prefix = f"env.{env}."

@@ -1,0 +1,2 @@
+ATTACH DATABASE 'side.db' AS side;
+CREATE TABLE side.b (y INTEGER);

@@ -1,0 +1,2 @@
+CREATE TABLE [odd;name] (x INTEGER);
+INSERT INTO [odd;name] VALUES (1);

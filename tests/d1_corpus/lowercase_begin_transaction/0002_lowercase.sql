@@ -1,0 +1,3 @@
+begin transaction;
+insert into a values (2);
+commit;

@@ -1,0 +1,2 @@
+CREATE TABLE IF NOT EXISTS applied (seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL);
+INSERT INTO applied (name) VALUES ('0001_create users.sql');

@@ -1,0 +1,4 @@
+-- nothing to do; really
+/* still; nothing
+   to do */
+-- the end

@@ -1,0 +1,1 @@
+INSERT INTO users (name, score) VALUES ('cy', 7), ('dee', '8');

@@ -1,0 +1,2 @@
+PRAGMA journal_mode=DELETE;
+CREATE TABLE b (y INTEGER);

@@ -1,0 +1,1 @@
+INSERT INTO meta (key, value) SELECT 'pretty', json_pretty('{"a":[1,2]}');

@@ -1,0 +1,1 @@
+INSERT INTO meta (key, value) SELECT 'sqlite', sqlite_version();

@@ -1,0 +1,3 @@
+CREATE TABLE log (id INTEGER PRIMARY KEY, line TEXT);
+INSERT INTO log (line) VALUES ('BEGIN TRANSACTION; opens it');
+INSERT INTO log (line) VALUES ('COMMIT; closes it');
