@@ -132,3 +132,12 @@ def assert_one_error_line(stderr: str, expected: str) -> None:
     """stderr holds exactly one line besides the target line: the expected error, no traceback."""
     assert "Traceback" not in stderr, stderr
     assert error_lines(stderr) == [f"sessionctl: error: {expected}"], stderr
+
+
+def not_one_of(option: str, value: str, choices) -> str:
+    """The line an Enum-typed option prints for a value outside ``choices`` (click's wording).
+
+    ``option`` as click names it: "'--sort'", or "'--format' / '-f'" with its short name.
+    """
+    listed = ", ".join(repr(str(choice)) for choice in choices)
+    return f"Invalid value for {option}: {value!r} is not one of {listed}."

@@ -146,6 +146,8 @@ LIBRARY_MODULES = (
     "sessionctl.targets",
     "sessionctl.targets.sqlite_file",
     "sessionctl.targets.wrangler",
+    "sessionctl.targets.resolve",
+    "sessionctl.targets.d1_http",
     "sessionctl.checks",
     "sessionctl.backup",
     "sessionctl.rollback",
@@ -217,5 +219,5 @@ def test_wheel_installed_by_pip_in_a_fresh_venv_migrates_and_verifies_from_anoth
     finally:
         conn.close()
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert verify.stdout.startswith("✓ table"), verify.stdout
+    assert verify.stdout.startswith("✓ ledger"), verify.stdout
     assert "✗" not in verify.stdout, verify.stdout

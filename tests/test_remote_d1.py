@@ -463,7 +463,9 @@ def test_deploy_rollback_on_failure_remotely(tmp_path, fake, remote):
     assert result.returncode == 1, (result.stdout, result.stderr)
     lines = result.stdout.splitlines()
     assert lines[:3] == ["== migrate", f"applied {SESSIONS_MIGRATION}", "applied 004_lose_messages.sql"]
-    assert "deploy stopped: smoke failed" in lines and f"rolled back {SESSIONS_MIGRATION}" in lines
+    assert "deploy stopped: smoke failed" in lines
+    assert any(line.startswith(f"rolled back {SESSIONS_MIGRATION}: dropped server_sessions") for line in lines)
+    assert any(line.startswith("unrecorded 004_lose_messages.sql") for line in lines)
     (backup,) = (folder / "backups").glob("server_sessions-*.jsonl")
     assert backup.read_bytes() == b""
     assert not (names(fake, "table") | names(fake, "index") | names(fake, "trigger")) & {
@@ -666,7 +668,8 @@ def test_verify_finds_a_missing_index_remotely(remote, fake):
     conn.close()
     result = remote("verify")
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "expected index idx_server_sessions_expires" in result.stdout, result.stdout
+    assert "✗ index idx_server_sessions_expires  missing: the applied migrations create it" in result.stdout, \
+        result.stdout
 
 
 # -- secrets --------------------------------------------------------------------------------

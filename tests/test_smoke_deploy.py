@@ -32,7 +32,8 @@ ALL_PASS = [
     "✓ session delete         delete removes the session; deleting again is a no-op",
     "✓ cleanup of smoke rows  removed 8 smoke rows; none left",
 ]
-VERIFY_NAMES = ["table", "index", "columns", "status check", "cleanup uses index", "ledger", "migrations unchanged"]
+VERIFY_NAMES = ["ledger", "migrations unchanged", "index idx_server_sessions_expires", "table server_sessions",
+                "status check", "cleanup uses index"]
 
 # Migration 004 for a broken rollout: every newly inserted session loses its messages.
 CORRUPTING_TRIGGER = """\
@@ -104,7 +105,7 @@ def test_smoke_json_reports_ok_and_each_check(cli, db_path, migrated_db):
     report = json.loads(result.stdout)
     assert list(report) == ["ok", "checks"]
     assert report["ok"] is True
-    assert [list(c) for c in report["checks"]] == [["name", "ok", "detail"]] * len(CHECK_NAMES)
+    assert [list(c) for c in report["checks"]] == [["name", "ok", "detail", "judged"]] * len(CHECK_NAMES)
     assert [c["name"] for c in report["checks"]] == CHECK_NAMES
     assert all(c["ok"] is True for c in report["checks"])
     assert report["checks"][-1]["detail"] == "removed 8 smoke rows; none left"
@@ -279,7 +280,8 @@ def test_deploy_rollback_on_failure_undoes_the_migration_it_applied_after_verify
         "deploy stopped: verify failed",
         "== rollback (--rollback-on-failure)",
         f"backed up 0 rows to backups/{backup.name}",
-        f"rolled back {SESSIONS_MIGRATION}",
+        f"rolled back {SESSIONS_MIGRATION}: dropped server_sessions and idx_server_sessions_expires, "
+        "removed its ledger row",
     ]
     assert backup.read_bytes() == b""
     assert ledger(db_path) == []
@@ -316,7 +318,9 @@ def test_deploy_rollback_on_failure_after_smoke_fails_leaves_the_database_as_bef
     (backup,) = (tmp_path / "backups").glob("server_sessions-*.jsonl")
     assert "deploy stopped: smoke failed" in lines
     assert f"backed up 0 rows to backups/{backup.name}" in lines
-    assert f"rolled back {SESSIONS_MIGRATION}" in lines
+    assert any(line.startswith(f"rolled back {SESSIONS_MIGRATION}: dropped server_sessions") for line in lines)
+    assert "unrecorded 004_lose_messages.sql: they changed server_sessions, which is gone " \
+        "(`migrate` applies them again)" in lines
     assert backup.read_bytes() == b""
     objects = {name for _, name in schema_objects(db_path)}
     assert not objects & {"server_sessions", "idx_server_sessions_expires", "server_sessions_lose_messages"}
@@ -347,8 +351,9 @@ def test_deploy_rollback_on_failure_keeps_a_migration_applied_by_an_earlier_run(
 def test_deploy_rollback_on_failure_keeps_a_table_that_existed_before_the_run(cli, db_path, tmp_path):
     """The seed deployed 003 with `wrangler d1 execute --file`, which writes no ledger row.
 
-    deploy then records 003 without creating anything; when smoke fails, rolling back
-    must not drop the live table this run did not create.
+    deploy then records 003 without creating anything; when a check fails, rolling back
+    must not drop the live table this run did not create. (The hand-made trigger is what
+    verify now catches: no migration creates it.)
     """
     conn = raw_sqlite.connect(db_path)
     conn.executescript((MIGRATIONS_DIR / SESSIONS_MIGRATION).read_text(encoding="utf-8"))
@@ -364,9 +369,14 @@ def test_deploy_rollback_on_failure_keeps_a_table_that_existed_before_the_run(cl
     before = raw_rows(db_path)
     result = cli("--db", db_path, "deploy", "--rollback-on-failure")
     assert result.exit_code == 1
-    assert "deploy stopped: smoke failed" in result.stdout.splitlines()
+    lines = result.stdout.splitlines()
+    assert "deploy stopped: verify failed" in lines
+    assert any(line.startswith("✗ trigger server_sessions_lose_messages") and "extra" in line for line in lines)
+    assert lines[-1] == (f"not rolling back: server_sessions existed before this run; its rows are kept "
+                         f"and {SESSIONS_MIGRATION} stays recorded")
     assert ("table", "server_sessions") in schema_objects(db_path)
     assert raw_rows(db_path) == before
+    assert ledger(db_path) == [SESSIONS_MIGRATION]  # its objects remain, so it stays recorded
 
 
 def test_deploy_with_a_missing_migrations_folder_exits_2_and_creates_nothing(cli, db_path, tmp_path):

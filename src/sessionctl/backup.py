@@ -14,8 +14,9 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO, Collection, Iterable, Iterator
 
+from sessionctl.encoding import dumps_keeping_bytes
 from sessionctl.errors import BackupError, ImportValidationError
 from sessionctl.names import TABLE
 from sessionctl.repository import COLUMNS, raw_row_problem
@@ -35,26 +36,24 @@ def default_backup_path(now: float | None = None) -> Path:
     return path
 
 
-_TEXT_LINE = json.JSONEncoder(ensure_ascii=False).encode
-_ASCII_LINE = json.JSONEncoder(ensure_ascii=True).encode
-
-
 def encode_line(row: Row) -> str:
-    """One row as one JSON line: text as text, or \\u escapes where the stored bytes are not UTF-8."""
-    values = row if tuple(row) == COLUMNS else {column: row.get(column) for column in COLUMNS}
+    """One row as one JSON line: text as text, or \\u escapes where the stored bytes are not UTF-8.
+
+    003's columns come first, in their order; columns later migrations added follow.
+    """
+    if tuple(row) == COLUMNS:
+        values = row
+    else:
+        values = {column: row.get(column) for column in COLUMNS}
+        values.update((column, value) for column, value in row.items() if column not in COLUMNS)
     try:
-        line = _TEXT_LINE(values)
+        line = dumps_keeping_bytes(values)
     except TypeError:
         column = next(c for c, v in values.items() if isinstance(v, (bytes, bytearray, memoryview)))
         raise BackupError(
             f"row {values.get('user_id')!r}: column {column} holds a BLOB, "
             "which a JSON Lines file cannot keep as stored text"
         ) from None
-    if not line.isascii():
-        try:
-            line.encode("utf-8")
-        except UnicodeEncodeError:
-            line = _ASCII_LINE(values)
     return line + "\n"
 
 
@@ -118,8 +117,11 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def read_rows(lines: Iterable[str], source: str) -> Iterator[Row]:
-    """Parse and validate JSON Lines, yielding rows; raise at the first bad line, naming it."""
+def read_rows(lines: Iterable[str], source: str, extra: Collection[str] = ()) -> Iterator[Row]:
+    """Parse and validate JSON Lines, yielding rows; raise at the first bad line, naming it.
+
+    ``extra``: the columns the target table has beyond 003's (see ``extra_columns``).
+    """
     seen: dict[str, int] = {}
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
@@ -130,7 +132,7 @@ def read_rows(lines: Iterable[str], source: str) -> Iterator[Row]:
             raise ImportValidationError(
                 f"{source}:{lineno}: not valid JSON ({getattr(exc, 'msg', exc)}); nothing was imported"
             ) from None
-        problem = raw_row_problem(row)
+        problem = raw_row_problem(row, extra)
         if problem is None and row["user_id"] in seen:
             problem = f"user_id {row['user_id']!r} also on line {seen[row['user_id']]}"
         if problem is not None:

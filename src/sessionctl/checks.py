@@ -1,26 +1,33 @@
 """``verify``'s checks, as data the CLI renders.
 
-What is expected is derived from migration 003 itself: its SQL is applied to an
-in-memory SQLite database and that schema is read back the same way the
-target's is. There is no second, hand-written copy of the schema to drift.
+What is expected is what the applied migrations build: every file in the ledger is
+replayed, in the order it was applied, into an in-memory database with the same
+engine and D1 rules as ``migrate``, and that schema is compared object by object
+with the target's. A 004 that adds a column or re-creates an index is therefore
+judged by its own SQL; there is no hand-written copy of the schema to drift.
+Migration 003's own promises are checked on top: the CHECK on status accepts the
+five statuses and nothing else, and cleanup's query is planned on an index led by
+``expires_at``.
+
+Ledger rows without a file (a bot's 001/002 applied by wrangler from another
+checkout) cannot be replayed: what only they could explain is reported as "cannot
+be judged here", never as a failure.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
-from sessionctl.migrations import (
-    DEFAULT_LEDGER,
-    MigrationFile,
-    migration_status,
-)
-from sessionctl.names import INDEX, TABLE
-from sessionctl.repository import CLEANUP_SELECT_SQL, STATUSES
 from sessionctl.errors import ConstraintError
-from sessionctl.targets.base import Database, Statement
+from sessionctl.migrations import MigrationEngine, Replay, SchemaObject, State, schema_objects
+from sessionctl.names import SESSIONS_MIGRATION, TABLE
+from sessionctl.repository import CLEANUP_SELECT_SQL, STATUSES
+from sessionctl.targets.base import Database
 from sessionctl.targets.sqlite_file import open_memory_database
+
+NOT_JUDGED = "cannot be judged here"
 
 
 @dataclass(frozen=True)
@@ -28,44 +35,148 @@ class Check:
     name: str
     ok: bool
     detail: str
+    judged: bool = True  # False: nothing here can say whether it is right (ok stays True)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _schema(db: Any) -> dict[str, Any]:
-    """Table SQL, columns and the index's columns, read through sqlite_master and PRAGMAs."""
-    table = db.query(
-        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,)
-    )
-    index = db.query(
-        "SELECT tbl_name, sql FROM sqlite_master WHERE type = 'index' AND name = ?", (INDEX,)
-    )
-    columns = db.query(f"PRAGMA table_info({TABLE})") if table else []
-    index_columns = db.query(f"PRAGMA index_info({INDEX})") if index else []
-    return {
-        "table_sql": table[0]["sql"] if table else None,
-        "index_table": index[0]["tbl_name"] if index else None,
-        "index_columns": [row["name"] for row in index_columns],
-        "columns": [
-            (row["name"], row["type"].upper(), bool(row["notnull"]), int(row["pk"]))
-            for row in columns
-        ],
-    }
+def run_checks(engine: MigrationEngine) -> list[Check]:
+    """Every check verify reports, in order. Never writes to the target."""
+    checks = _ledger_checks(engine)
+    checks += _schema_checks(engine)
+    checks += _sessions_table_checks(engine)
+    return checks
 
 
-def expected_schema(migration: MigrationFile) -> dict[str, Any]:
-    db = open_memory_database("the migration, in memory")
+# -- the ledger ------------------------------------------------------------------------
+
+
+def _ledger_checks(engine: MigrationEngine) -> list[Check]:
+    ledger = engine.ledger
+    states = {state.name: state for state in engine.status()}
+    state = states.get(SESSIONS_MIGRATION)
+    if state is None or state.state is State.PENDING:
+        first = Check("ledger", False, f"{ledger} does not record {SESSIONS_MIGRATION}")
+    elif state.state is State.MODIFIED:
+        first = Check("ledger", False,
+                      f"{SESSIONS_MIGRATION} changed since it was applied (checksum differs from {ledger})")
+    elif state.detail:
+        first = Check("ledger", True, f"{ledger} records {SESSIONS_MIGRATION}; {state.detail}")
+    else:
+        first = Check("ledger", True, f"{ledger} records {SESSIONS_MIGRATION}, checksum matches")
+    modified = [name for name, s in states.items() if s.state is State.MODIFIED]
+    unchanged = Check(
+        "migrations unchanged", not modified,
+        f"changed since applied: {', '.join(modified)}" if modified
+        else "no applied migration file was edited since it was applied",
+    )
+    checks = [first, unchanged]
+    without_file = [name for name, s in states.items() if s.state is State.APPLIED_WITHOUT_FILE]
+    if without_file:
+        checks.append(Check("applied elsewhere", True,
+                            f"{NOT_JUDGED}: {', '.join(without_file)} in {ledger}, no file in the folder",
+                            judged=False))
+    return checks
+
+
+# -- the schema the applied migrations build -------------------------------------------
+
+
+def _schema_checks(engine: MigrationEngine) -> list[Check]:
+    replay = engine.replay(engine.applied_names())
     try:
-        db.batch(Statement(sql, from_user=True) for sql in migration.statements)
-        return _schema(db)
+        return _compare(engine, replay)
     finally:
-        db.close()
+        replay.close()
+
+
+def _compare(engine: MigrationEngine, replay: Replay) -> list[Check]:
+    expected = schema_objects(replay.db, engine.ledger)
+    actual = schema_objects(engine.db, engine.ledger)
+    checks: list[Check] = []
+    if replay.stopped_at is not None and engine.file(replay.stopped_at) is not None:
+        # A file that is in the ledger but fails when replayed: the target cannot be judged past it.
+        checks.append(Check("replay", False, f"{replay.stopped_at} does not apply on the migrations "
+                                             f"before it: {replay.reason}"))
+    for name, want in expected.items():
+        got = actual.get(name)
+        if got is None:
+            checks.append(Check(want.label, False, f"missing: the applied migrations create it ({_show(want)})"))
+        elif (got.type, got.table, got.normalised_sql) != (want.type, want.table, want.normalised_sql):
+            difference = _column_difference(replay.db, engine.db, name) if want.type == got.type == "table" else ""
+            checks.append(Check(want.label, False, difference or
+                                f"defined differently: expected {_show(want)}, found {_show(got)}"))
+        else:
+            checks.append(Check(want.label, True, _summary(engine, got)))
+    for name, got in actual.items():
+        if name in expected:
+            continue
+        if replay.complete:
+            checks.append(Check(got.label, False, f"extra: no applied migration creates it ({_show(got)})"))
+        else:
+            checks.append(Check(got.label, True, f"{NOT_JUDGED}: the ledger holds migrations that are not "
+                                                 "in this folder", judged=False))
+    return checks
+
+
+def _columns(db: Database, table: str) -> dict[str, tuple]:
+    rows = db.query(f'PRAGMA table_info("{table}")')
+    return {r["name"]: (r["name"], str(r["type"]).upper(), bool(r["notnull"]), int(r["pk"])) for r in rows}
 
 
 def _describe_column(column: tuple) -> str:
     name, type_, notnull, pk = column
     return f"{name} {type_}" + (" NOT NULL" if notnull else "") + (" PK" if pk else "")
+
+
+def _column_difference(expected_db: Database, actual_db: Database, table: str) -> str:
+    """Column by column, what the target's table lacks, adds or defines otherwise ("" if nothing)."""
+    want, got = _columns(expected_db, table), _columns(actual_db, table)
+    problems = [f"missing {name}" for name in want if name not in got]
+    problems += [f"unexpected {name}" for name in got if name not in want]
+    problems += [f"{name} is {_describe_column(got[name])}, expected {_describe_column(want[name])}"
+                 for name in want if name in got and got[name] != want[name]]
+    return "; ".join(problems)
+
+
+def _show(obj: SchemaObject, limit: int = 160) -> str:
+    text = obj.normalised_sql or f"automatic {obj.type} on {obj.table}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _summary(engine: MigrationEngine, obj: SchemaObject) -> str:
+    if obj.type == "table":
+        columns = engine.db.query(f'PRAGMA table_info("{obj.name}")')
+        return f"as the applied migrations build it ({len(columns)} columns)"
+    if obj.type == "index":
+        columns = engine.db.query(f'PRAGMA index_info("{obj.name}")')
+        return f"as the applied migrations build it, on {obj.table}({', '.join(c['name'] for c in columns)})"
+    return f"as the applied migrations build it, on {obj.table}"
+
+
+# -- migration 003's own promises --------------------------------------------------------
+
+
+def _sessions_table_checks(engine: MigrationEngine) -> list[Check]:
+    table = engine.db.query("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,))
+    if not table:
+        return [Check("status check", False, f"no table {TABLE} to check"),
+                Check("cleanup uses index", False, f"no table {TABLE} to plan against")]
+    accepted, rejected = _status_check_behaviour(table[0]["sql"])
+    ok = accepted == list(STATUSES)
+    checks = [Check(
+        "status check", ok,
+        f"CHECK accepts the {len(STATUSES)} statuses, rejects {', '.join(map(repr, rejected))}" if ok
+        else f"CHECK accepts {accepted}; expected exactly {list(STATUSES)}",
+    )]
+    plan = engine.db.query(f"EXPLAIN QUERY PLAN {CLEANUP_SELECT_SQL}", (0, 1))
+    steps = " / ".join(str(row.get("detail")) for row in plan)
+    # An index led by expires_at: 003's own, or one a later migration re-created with more columns.
+    uses = re.search(r"USING (?:COVERING )?INDEX \S+ \(expires_at[<>=]", steps) is not None
+    checks.append(Check("cleanup uses index", uses,
+                        f"plan: {steps}" if uses else f"cleanup would not use an index led by expires_at: {steps}"))
+    return checks
 
 
 def _status_check_behaviour(table_sql: str) -> tuple[list[str], list[str]]:
@@ -75,12 +186,17 @@ def _status_check_behaviour(table_sql: str) -> tuple[list[str], list[str]]:
     accepted, rejected = [], []
     try:
         db.execute(table_sql)
+        # Columns that must be given (NOT NULL, no default) get 0, the rest are left out,
+        # so only the CHECK on status decides -- whatever later migrations added.
+        required = [row["name"] for row in db.query(f"PRAGMA table_info({TABLE})")
+                    if row["notnull"] and row["dflt_value"] is None]
         for status in probes:
+            values = {name: 0 for name in required}
+            values.update(user_id=f"probe-{status}", status=status)
             try:
                 db.execute(
-                    f"INSERT INTO {TABLE} (user_id, status, created_at, updated_at, expires_at) "
-                    "VALUES (?, ?, 0, 0, 0)",
-                    (f"probe-{status}", status),
+                    f"INSERT INTO {TABLE} ({', '.join(values)}) VALUES ({', '.join('?' for _ in values)})",
+                    tuple(values.values()),
                 )
                 accepted.append(status)
             except ConstraintError:
@@ -88,89 +204,3 @@ def _status_check_behaviour(table_sql: str) -> tuple[list[str], list[str]]:
     finally:
         db.close()
     return accepted, rejected
-
-
-def run_checks(
-    db: Database,
-    migration: MigrationFile,
-    ledger: str = DEFAULT_LEDGER,
-    all_migrations: list[MigrationFile] | None = None,
-) -> list[Check]:
-    """Every check verify reports, in order. Never writes to ``db``.
-
-    ``all_migrations`` (the whole folder) adds a check that no applied file was edited.
-    """
-    expected = expected_schema(migration)
-    actual = _schema(db)
-    checks: list[Check] = []
-    add: Callable[[str, bool, str], None] = lambda n, ok, d: checks.append(Check(n, ok, d))
-
-    has_table = actual["table_sql"] is not None
-    add("table", has_table,
-        f"sqlite_master has table {TABLE}" if has_table else f"no table {TABLE} in sqlite_master")
-
-    want_index = f"{INDEX} on {expected['index_table']}({', '.join(expected['index_columns'])})"
-    got_index = (
-        f"{INDEX} on {actual['index_table']}({', '.join(actual['index_columns'])})"
-        if actual["index_table"] else None
-    )
-    add("index", got_index == want_index,
-        f"sqlite_master has index {want_index}" if got_index == want_index
-        else f"expected index {want_index}, found {got_index or 'none'}")
-
-    if actual["columns"] == expected["columns"]:
-        add("columns", True, f"{len(expected['columns'])} columns as in {migration.name}")
-    elif not actual["columns"]:
-        add("columns", False, f"no columns: table {TABLE} is missing")
-    else:
-        want = {c[0]: c for c in expected["columns"]}
-        got = {c[0]: c for c in actual["columns"]}
-        problems = [f"missing {name}" for name in want if name not in got]
-        problems += [f"unexpected {name}" for name in got if name not in want]
-        problems += [
-            f"{name} is {_describe_column(got[name])}, expected {_describe_column(want[name])}"
-            for name in want if name in got and got[name] != want[name]
-        ]
-        if not problems:
-            problems = ["column order differs from the migration"]
-        add("columns", False, "; ".join(problems))
-
-    if has_table:
-        accepted, rejected = _status_check_behaviour(actual["table_sql"])
-        ok = accepted == list(STATUSES)
-        detail = (
-            f"CHECK accepts the {len(STATUSES)} statuses, rejects {', '.join(map(repr, rejected))}"
-            if ok else
-            f"CHECK accepts {accepted}; expected exactly {list(STATUSES)}"
-        )
-        add("status check", ok, detail)
-    else:
-        add("status check", False, f"no table {TABLE} to check")
-
-    if has_table:
-        plan = db.query(f"EXPLAIN QUERY PLAN {CLEANUP_SELECT_SQL}", (0, 1))
-        steps = " / ".join(str(row.get("detail")) for row in plan)
-        uses = re.search(rf"\b{INDEX}\b", steps) is not None
-        add("cleanup uses index", uses,
-            f"plan: {steps}" if uses else f"cleanup would not use {INDEX}: {steps}")
-    else:
-        add("cleanup uses index", False, f"no table {TABLE} to plan against")
-
-    states = migration_status(db, all_migrations or [migration], ledger)
-    state = next((s for s in states if s.name == migration.name), None)
-    if state is None or state.state == "pending":
-        add("ledger", False, f"{ledger} does not record {migration.name}")
-    elif state.state == "modified":
-        add("ledger", False,
-            f"{migration.name} changed since it was applied (checksum differs from {ledger})")
-    elif state.checksum == "unrecorded":
-        add("ledger", True, f"{ledger} records {migration.name}; no checksum recorded (applied outside sessionctl)")
-    else:
-        add("ledger", True, f"{ledger} records {migration.name}, checksum matches")
-
-    if all_migrations is not None:
-        modified = [s.name for s in states if s.state == "modified"]
-        add("migrations unchanged", not modified,
-            f"changed since applied: {', '.join(modified)}" if modified
-            else "no applied migration file was edited since it was applied")
-    return checks

@@ -7,6 +7,11 @@ None of them carries a secret: messages name files, tables, rows and columns.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
 
 class SessionctlError(Exception):
     """Base class: anything sessionctl reports as a clean one-line error."""
@@ -20,7 +25,14 @@ class DatabaseUnavailableError(SessionctlError):
 
 
 class DatabaseNotFoundError(DatabaseUnavailableError):
-    pass
+    """No database where the target points; ``path`` is the missing file (None for remote D1)."""
+
+    #: How a library caller gets the file created; the CLI names its command instead.
+    REMEDY = "create=True creates it"
+
+    def __init__(self, message: str, path: Path | None = None):
+        super().__init__(message)
+        self.path = path
 
 
 class NotADatabaseError(DatabaseUnavailableError):
@@ -28,7 +40,15 @@ class NotADatabaseError(DatabaseUnavailableError):
 
 
 class DatabaseLockedError(DatabaseUnavailableError):
-    pass
+    """Another connection held the lock for all of ``waited_s`` (the target's timeout) on ``path``."""
+
+    #: What a library caller can do about it; the CLI names its option instead.
+    REMEDY = "allow a longer timeout"
+
+    def __init__(self, message: str, *, path: Path | None = None, waited_s: float | None = None):
+        super().__init__(message)
+        self.path = path
+        self.waited_s = waited_s
 
 
 class ReadOnlyDatabaseError(DatabaseUnavailableError):
@@ -91,6 +111,17 @@ class RollbackError(SessionctlError):
     pass
 
 
+class LaterMigrationsError(RollbackError):
+    """Migrations applied after 003 changed server_sessions; a rollback would drop what they built."""
+
+    def __init__(self, names: list[str]):
+        super().__init__(
+            f"migrations applied after 003 changed server_sessions: {', '.join(names)}; rolling back "
+            "would drop what they built as well, so nothing was dropped"
+        )
+        self.names = names
+
+
 class BackupError(SessionctlError):
     pass
 
@@ -100,6 +131,16 @@ class BackupError(SessionctlError):
 
 class UsageError(SessionctlError):
     """The request cannot be carried out as given (bad option value, unknown name)."""
+
+
+class UnknownChoiceError(UsageError, ValueError):
+    """``value`` is not one of ``choices``, the values of the Enum that ``name`` (a parameter) takes."""
+
+    def __init__(self, name: str, value: object, choices: tuple[str, ...]):
+        super().__init__(f"unknown {name} {value!r}: use one of {', '.join(choices)}")
+        self.name = name
+        self.value = value
+        self.choices = choices
 
 
 class RefusedError(SessionctlError):
@@ -112,3 +153,90 @@ class ImportValidationError(SessionctlError):
 
 class WranglerConfigError(SessionctlError):
     """The wrangler config is missing, malformed, or has no usable D1 binding."""
+
+
+# -- choosing the target -----------------------------------------------------------
+# The fields name what the caller passed (``TargetRequest`` fields, environment variables,
+# config keys), never a command-line flag: the CLI words its own hints from them.
+
+
+class ConflictingTargetOptionsError(UsageError):
+    """``options`` (TargetRequest field names, the first the one the others clash with) cannot go together."""
+
+    def __init__(self, options: tuple[str, ...], message: str):
+        super().__init__(message)
+        self.options = options
+
+
+class WranglerConfigNotFoundError(WranglerConfigError):
+    """No wrangler config: ``path`` was asked for and is missing, or none of ``looked_for`` is in
+    ``searched_from`` or above while ``needed_by`` (a TargetRequest field) needs one."""
+
+    def __init__(self, *, path: Path | None = None, searched_from: Path | None = None,
+                 looked_for: tuple[str, ...] = (), needed_by: str | None = None):
+        if path is not None:
+            message = f"wrangler config not found: {path}"
+        else:
+            message = (f"no wrangler config ({', '.join(looked_for)}) in {searched_from} or above, which "
+                       f"{needed_by} needs; give config=PATH, or db_path for a plain SQLite file")
+        super().__init__(message)
+        self.path = path
+        self.searched_from = searched_from
+        self.looked_for = looked_for
+        self.needed_by = needed_by
+
+
+class DatabaseChoiceError(UsageError):
+    """Which D1 database of a wrangler config is meant cannot be told.
+
+    ``problem`` is "unknown" or "ambiguous" (``name`` matches no entry, or several) or
+    "unchosen" (no ``name``, several entries, none bound as DB). ``choices`` are the
+    entries as "BINDING (database_name)".
+    """
+
+    def __init__(self, problem: str, name: str | None, choices: tuple[str, ...], config_path: Path,
+                 env: str | None):
+        self.problem = problem
+        self.name = name
+        self.choices = choices
+        self.config_path = config_path
+        self.env = env
+        listed = ", ".join(choices)
+        if problem == "unchosen":
+            message = f"{self.where} has several D1 databases; choose one by binding or database_name: {listed}"
+        else:
+            what = "is ambiguous" if problem == "ambiguous" else "is not a binding or database_name"
+            message = f"{name!r} {what} in {self.where}; choose one of: {listed}"
+        super().__init__(message)
+
+    @property
+    def where(self) -> str:
+        return f"{self.config_path}" + (f" [env.{self.env}]" if self.env else "")
+
+
+class UnknownEnvironmentError(UsageError):
+    """``env`` is not one of the ``choices`` the wrangler config at ``config_path`` defines."""
+
+    def __init__(self, env: str, choices: tuple[str, ...], config_path: Path):
+        super().__init__(f"no environment {env!r} in {config_path} (environments: {', '.join(choices)})")
+        self.env = env
+        self.choices = choices
+        self.config_path = config_path
+
+
+class RemoteSettingError(UsageError):
+    """A remote D1 setting is missing or unsafe; nothing was sent.
+
+    ``setting`` is the environment variable or config key (CLOUDFLARE_API_TOKEN,
+    CLOUDFLARE_ACCOUNT_ID, CLOUDFLARE_API_BASE_URL, account_id, database_id, ...);
+    ``problem`` is "missing", "malformed" or "unsafe". For a binding without a
+    database_id, ``config_path`` and ``database`` (its label) say which. Never the token.
+    """
+
+    def __init__(self, setting: str, problem: str, message: str, *, config_path: Path | None = None,
+                 database: str | None = None):
+        super().__init__(message)
+        self.setting = setting
+        self.problem = problem
+        self.config_path = config_path
+        self.database = database

@@ -17,6 +17,7 @@ finding the name in the ledger then tells it the file was applied meanwhile.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import os
 import re
@@ -148,20 +149,41 @@ def discover_migrations(directory: Path) -> list[MigrationFile]:
 # -- ledger and status -------------------------------------------------------------
 
 
+class State(str, enum.Enum):
+    """Where a migration stands (the values are what ``status`` prints)."""
+
+    APPLIED = "applied"
+    PENDING = "pending"
+    MODIFIED = "modified"  # applied, and its file changed since
+    APPLIED_WITHOUT_FILE = "applied-without-file"  # in the ledger, not in the folder
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Checksum(str, enum.Enum):
+    MATCH = "match"
+    MISMATCH = "mismatch"
+    UNRECORDED = "unrecorded"  # applied by wrangler or by hand: nothing to compare with
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class MigrationState:
     name: str
-    state: str  # applied | pending | modified | applied-without-file
+    state: State
     applied_at: str | None = None
-    checksum: str | None = None  # match | mismatch | unrecorded (for applied ones)
+    checksum: Checksum | None = None  # for applied ones
 
     @property
     def detail(self) -> str:
-        if self.state == "applied" and self.checksum == "unrecorded":
+        if self.state is State.APPLIED and self.checksum is Checksum.UNRECORDED:
             return "no checksum recorded (applied outside sessionctl)"
-        if self.state == "modified":
+        if self.state is State.MODIFIED:
             return "file changed since it was applied"
-        if self.state == "applied-without-file":
+        if self.state is State.APPLIED_WITHOUT_FILE:
             return "in the ledger, no file in the migrations folder"
         return ""
 
@@ -196,19 +218,19 @@ def migration_status(
     states = []
     for migration in files:
         if migration.name not in ledger:
-            states.append(MigrationState(migration.name, "pending"))
+            states.append(MigrationState(migration.name, State.PENDING))
             continue
         recorded = checksums.get(migration.name)
         if recorded is None:
-            checksum = "unrecorded"
+            checksum = Checksum.UNRECORDED
         else:
-            checksum = "match" if recorded == migration.sha256 else "mismatch"
-        state = "modified" if checksum == "mismatch" else "applied"
+            checksum = Checksum.MATCH if recorded == migration.sha256 else Checksum.MISMATCH
+        state = State.MODIFIED if checksum is Checksum.MISMATCH else State.APPLIED
         states.append(MigrationState(migration.name, state, ledger[migration.name], checksum))
     on_disk = {migration.name for migration in files}
     for name, applied_at in ledger.items():
         if name not in on_disk:
-            states.append(MigrationState(name, "applied-without-file", applied_at))
+            states.append(MigrationState(name, State.APPLIED_WITHOUT_FILE, applied_at))
     return states
 
 
@@ -228,10 +250,18 @@ def unrecord_statements(db: Database, names: list[str], table: str = DEFAULT_LED
 # -- apply -------------------------------------------------------------------------
 
 
+class Outcome(str, enum.Enum):
+    APPLIED = "applied"
+    APPLIED_CONCURRENTLY = "applied-concurrently"  # another migrate committed it first
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class ApplyOutcome:
     name: str
-    outcome: str  # applied | applied-concurrently | would-apply
+    outcome: Outcome
 
 
 def ledger_statements(table: str) -> list[Statement]:
@@ -257,10 +287,10 @@ def pending_migrations(
 ) -> list[MigrationFile]:
     """The files not in the ledger; raises ModifiedMigrationError if an applied file changed."""
     states = {state.name: state for state in migration_status(db, files, table)}
-    modified = [name for name, state in states.items() if state.state == "modified"]
+    modified = [name for name, state in states.items() if state.state is State.MODIFIED]
     if modified:
         raise ModifiedMigrationError(modified)
-    return [migration for migration in files if states[migration.name].state == "pending"]
+    return [migration for migration in files if states[migration.name].state is State.PENDING]
 
 
 def apply_migrations(
@@ -284,10 +314,10 @@ def apply_migrations(
             if migration.name in read_ledger(db, table):
                 # Another migrate committed this file first: our batch failed on its
                 # ledger row (or on its objects) and rolled back.
-                yield ApplyOutcome(migration.name, "applied-concurrently")
+                yield ApplyOutcome(migration.name, Outcome.APPLIED_CONCURRENTLY)
                 continue
             raise MigrationFailedError(migration.name, str(exc), _failed_line(exc, migration, table)) from exc
-        yield ApplyOutcome(migration.name, "applied")
+        yield ApplyOutcome(migration.name, Outcome.APPLIED)
 
 
 def _failed_line(exc: SQLError, migration: MigrationFile, table: str) -> int | None:
@@ -298,3 +328,120 @@ def _failed_line(exc: SQLError, migration: MigrationFile, table: str) -> int | N
     if index is None or not 0 <= index < len(statements):
         return None
     return statements[index].line
+
+
+# -- the engine: one object for a folder, a ledger and a database --------------------------
+
+
+class MigrationEngine:
+    """The migrations folder, the ledger table and the database, checked once, used by every step.
+
+    ``status``, ``pending``, ``apply`` and ``replay`` are the migration steps; ``migrate``,
+    ``status``, ``verify``, ``rollback`` and ``deploy`` all go through one of these.
+    """
+
+    def __init__(self, db: Database, files: list[MigrationFile], ledger: str = DEFAULT_LEDGER):
+        self.db = db
+        self.files = list(files)
+        self.ledger = check_table_name(ledger)
+
+    @classmethod
+    def from_folder(cls, db: Database, folder: Path, ledger: str = DEFAULT_LEDGER) -> "MigrationEngine":
+        return cls(db, discover_migrations(folder), ledger)
+
+    def file(self, name: str) -> MigrationFile | None:
+        return next((migration for migration in self.files if migration.name == name), None)
+
+    def status(self) -> list[MigrationState]:
+        return migration_status(self.db, self.files, self.ledger)
+
+    def applied_names(self) -> list[str]:
+        """The ledger's names, in the order they were applied."""
+        return list(read_ledger(self.db, self.ledger))
+
+    def pending(self) -> list[MigrationFile]:
+        return pending_migrations(self.db, self.files, self.ledger)
+
+    def plan(self, migration: MigrationFile) -> list[Statement]:
+        return plan_statements(migration, self.ledger)
+
+    def apply(self) -> Iterable[ApplyOutcome]:
+        return apply_migrations(self.db, self.files, self.ledger)
+
+    def unrecord_statements(self, names: list[str]) -> list[Statement]:
+        return unrecord_statements(self.db, names, self.ledger)
+
+    def replay(self, names: list[str]) -> "Replay":
+        """Apply the files ``names`` in order to a new in-memory database, as ``migrate`` would.
+
+        Stops at the first name without a file or whose file fails there; the Replay says
+        which, so what it built can still be judged up to that point.
+        """
+        from sessionctl.targets.sqlite_file import open_memory_database
+
+        memory = open_memory_database("the applied migrations, replayed in memory")
+        replayed, stopped, reason = [], None, None
+        for name in names:
+            migration = self.file(name)
+            if migration is None:
+                stopped, reason = name, "no file in the migrations folder"
+                break
+            try:
+                list(apply_migrations(memory, [migration], self.ledger))
+            except MigrationError as exc:
+                stopped, reason = name, str(exc)
+                break
+            replayed.append(name)
+        return Replay(memory, replayed, stopped, reason)
+
+
+@dataclass
+class Replay:
+    """An in-memory database built by replaying migrations, and how far the replay got."""
+
+    db: Database
+    replayed: list[str]
+    stopped_at: str | None = None  # the first name that could not be replayed
+    reason: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.stopped_at is None
+
+    def close(self) -> None:
+        self.db.close()
+
+
+# What a schema is made of, for comparing two: user objects only. SQLite's own (sqlite_*),
+# D1's (_cf_*), the ledger and sessionctl's checksums are bookkeeping, not the bot's schema.
+_SCHEMA_SQL = (
+    "SELECT type, name, tbl_name, sql FROM sqlite_master "
+    "WHERE lower(substr(name, 1, 7)) != 'sqlite_' AND substr(name, 1, 4) != '_cf_' "
+    "AND name NOT IN (?, ?) ORDER BY type, name"
+)
+
+
+@dataclass(frozen=True)
+class SchemaObject:
+    type: str  # table | index | view | trigger
+    name: str
+    table: str
+    sql: str | None  # as stored; None for SQLite's automatic indexes
+
+    @property
+    def normalised_sql(self) -> str:
+        """The definition with comments and layout removed: what the object IS, not how it was typed."""
+        if self.sql is None:
+            return ""
+        text = " ".join(statement.sql for statement in split_sql(self.sql))
+        return " ".join(text.split())
+
+    @property
+    def label(self) -> str:
+        return f"{self.type} {self.name}"
+
+
+def schema_objects(db: Database, ledger: str = DEFAULT_LEDGER) -> dict[str, SchemaObject]:
+    """The database's own objects by name (no sqlite_*, _cf_*, ledger or checksum table)."""
+    rows = db.query(_SCHEMA_SQL, (ledger, CHECKSUM_TABLE))
+    return {row["name"]: SchemaObject(row["type"], row["name"], row["tbl_name"], row["sql"]) for row in rows}

@@ -1,7 +1,9 @@
-"""The names migration 003 and the ledger give things, defined once (and cheap to import)."""
+"""The names migration 003 and the ledger give things, and the default database file,
+defined once (and cheap to import)."""
 
 TABLE = "server_sessions"
 INDEX = "idx_server_sessions_expires"
 SESSIONS_MIGRATION = "003_server_sessions_d1.sql"
 DEFAULT_LEDGER = "d1_migrations"  # wrangler's default migrations_table
 CHECKSUM_TABLE = "sessionctl_migration_checksums"
+DEFAULT_DB_FILE = "sessions.db"  # the target when nothing else chooses one

@@ -21,9 +21,10 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
-from enum import Enum
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Collection, Iterable, Iterator
 
+from sessionctl.encoding import dumps_like_json_stringify, has_lone_surrogates, is_storable_text, storable_text
+from sessionctl.enums import ConflictPolicy, SessionState, SessionStatus, SortKey
 from sessionctl.errors import ConstraintError, InvalidSessionError
 from sessionctl.names import TABLE
 from sessionctl.targets.base import Database, Row, Statement
@@ -48,20 +49,8 @@ TIME_COLUMNS = ("created_at", "updated_at", "expires_at")
 DEFAULT_CLEANUP_BATCH = 500
 
 
-class SessionStatus(str, Enum):
-    """The five statuses the table's CHECK constraint accepts, in flow order."""
-
-    GATHERING = "gathering"
-    RECOMMENDING = "recommending"
-    SELECTING = "selecting"
-    ORDERING = "ordering"
-    COMPLETED = "completed"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-STATUSES = tuple(status.value for status in SessionStatus)
+# SessionStatus (defined in sessionctl.enums with the other closed sets) is part of this API.
+STATUSES = SessionStatus.values()
 
 
 @dataclass
@@ -93,27 +82,13 @@ def _now(now: int | None) -> int:
 
 
 def encode_json(value: Any) -> str | None:
-    """Encode like JSON.stringify: compact, and text kept as text ("서버 추천", not \\uc11c...).
+    """A JSON column's value as the bot's JSON.stringify writes it; None is stored as NULL.
 
-    A lone surrogate (not UTF-8 text) is written as a \\u escape, as JSON.stringify does.
+    See :func:`sessionctl.encoding.dumps_like_json_stringify` (NaN and Infinity raise ValueError).
     """
     if value is None:
         return None
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    if has_surrogates(text):
-        text = json.dumps(value, ensure_ascii=True, separators=(",", ":"))
-    return text
-
-
-def has_surrogates(text: str) -> bool:
-    """True when ``text`` holds code points UTF-8 cannot encode (invalid bytes read back, lone halves)."""
-    if text.isascii():
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+    return dumps_like_json_stringify(value)
 
 
 # What each JSON column must decode to, and what a malformed value reads as.
@@ -134,7 +109,7 @@ def decode_json(user_id: str, column: str, text: str | None) -> Any:
     if text is None:
         return empty()
     problem = None
-    if has_surrogates(text):
+    if has_lone_surrogates(text):
         problem = "text that is not valid UTF-8"
     else:
         try:
@@ -160,7 +135,7 @@ def decode_row(row: Row) -> tuple[Row, list[str]]:
         if text is None:
             continue
         try:
-            if has_surrogates(text):
+            if has_lone_surrogates(text):
                 raise ValueError("not UTF-8")
             out[column] = json.loads(text)
         except ValueError:
@@ -173,7 +148,7 @@ def session_from_row(row: Row) -> ServerSession:
     user_id = row["user_id"]
     status = row["status"]
     return ServerSession(
-        status=SessionStatus(status) if status in STATUSES else status,
+        status=SessionStatus.lookup(status) or status,  # an unknown stored status is kept as read
         collected_info=decode_json(user_id, "collected_info", row["collected_info"]),
         last_recommendation=decode_json(user_id, "last_recommendation", row["last_recommendation"]),
         messages=decode_json(user_id, "messages", row["messages"]),
@@ -239,19 +214,20 @@ def save_server_session(
     """Create or update ``user_id``'s session in one upsert and return it as stored.
 
     Sets ``updated_at`` = now and ``expires_at`` = now + SESSION_TTL_MS; keeps the
-    ``created_at`` of a live stored session. Raises InvalidSessionError when the
-    table's CHECK rejects the status.
+    ``created_at`` of a live stored session. ``session.status`` is a SessionStatus or
+    its string. Raises InvalidSessionError, before anything is written, for any other
+    status and for NaN or Infinity in a JSON field (the bot's JSON.parse refuses them).
     """
     if not isinstance(user_id, str) or not user_id:
         raise InvalidSessionError("user_id must be a non-empty string")
+    status = SessionStatus.lookup(session.status)
+    if status is None:
+        raise InvalidSessionError(_invalid_status(session.status, user_id))
     at = _now(now)
-    status = session.status.value if isinstance(session.status, SessionStatus) else session.status
     params = (
         user_id,
-        status,
-        encode_json(session.collected_info),
-        encode_json(session.last_recommendation),
-        encode_json(session.messages),
+        status.value,
+        *_json_fields(user_id, session),
         at,  # created_at of a new row; a live stored row keeps its own (see _SAVE_SQL)
         at,
         at + SESSION_TTL_MS,
@@ -259,14 +235,26 @@ def save_server_session(
     try:
         result = db.execute(_SAVE_SQL, params)
     except ConstraintError as exc:
-        if "CHECK" in str(exc) or status not in STATUSES:
-            raise InvalidSessionError(
-                f"invalid session status {status!r} for user {user_id!r}: "
-                f"must be one of {', '.join(STATUSES)}"
-            ) from exc
+        if "CHECK" in str(exc):  # a table whose CHECK allows fewer statuses than 003's
+            raise InvalidSessionError(_invalid_status(status.value, user_id)) from exc
         raise InvalidSessionError(f"session for user {user_id!r} rejected: {exc}") from exc
     created_at = result.rows[0]["created_at"] if result.rows else at
     return replace(session, created_at=created_at, updated_at=at, expires_at=at + SESSION_TTL_MS)
+
+
+def _invalid_status(status: object, user_id: str) -> str:
+    return f"invalid session status {status!r} for user {user_id!r}: must be one of {', '.join(STATUSES)}"
+
+
+def _json_fields(user_id: str, session: ServerSession) -> list[str | None]:
+    """The JSON columns' stored text, in JSON_COLUMNS order."""
+    fields = []
+    for column in JSON_COLUMNS:
+        try:
+            fields.append(encode_json(getattr(session, column)))
+        except ValueError as exc:
+            raise InvalidSessionError(f"session for user {user_id!r} rejected: {column}: {exc}") from None
+    return fields
 
 
 def delete_server_session(db: Database, user_id: str) -> bool:
@@ -320,23 +308,26 @@ def count_expired_sessions(db: Database, *, now: int | None = None, user_prefix:
 # so a page of 50 never scans a table of a million rows.
 
 SORT_COLUMNS = {
-    "expires": "expires_at",  # index-backed (idx_server_sessions_expires)
-    "user": "user_id",  # index-backed (primary key)
-    "updated": "updated_at",  # no index: a top-N sort over the matching rows
-    "created": "created_at",  # no index: a top-N sort over the matching rows
+    SortKey.EXPIRES: "expires_at",  # index-backed (idx_server_sessions_expires)
+    SortKey.USER: "user_id",  # index-backed (primary key)
+    SortKey.UPDATED: "updated_at",  # no index: a top-N sort over the matching rows
+    SortKey.CREATED: "created_at",  # no index: a top-N sort over the matching rows
 }
-STATES = ("active", "expired", "all")
+STATES = SessionState.values()
 
 
 @dataclass(frozen=True)
 class SessionQuery:
-    """What ``sessions list`` asks for. ``after`` is the (sort value, user_id) of the last row seen."""
+    """What ``sessions list`` asks for. ``after`` is the (sort value, user_id) of the last row seen.
 
-    statuses: tuple[str, ...] = ()
-    state: str = "active"
+    ``statuses``, ``state`` and ``sort`` take Enum members or their strings.
+    """
+
+    statuses: tuple[SessionStatus | str, ...] = ()
+    state: SessionState | str = SessionState.ACTIVE
     user_pattern: str | None = None
     limit: int | None = 50
-    sort: str = "expires"
+    sort: SortKey | str = SortKey.EXPIRES
     desc: bool = False
     after: tuple[Any, str] | None = None
 
@@ -371,32 +362,32 @@ def _user_filter(pattern: str) -> tuple[str, list[Any]]:
 
 
 def build_list_query(query: SessionQuery, now: int) -> tuple[str, list[Any]]:
-    """The SQL ``list_sessions`` runs (exposed so tests can EXPLAIN it)."""
-    if query.sort not in SORT_COLUMNS:
-        raise ValueError(f"unknown sort {query.sort!r}: use one of {', '.join(SORT_COLUMNS)}")
-    if query.state not in STATES:
-        raise ValueError(f"unknown state {query.state!r}: use one of {', '.join(STATES)}")
-    unknown = [s for s in query.statuses if s not in STATUSES]
-    if unknown:
-        raise InvalidSessionError(
-            f"unknown status {unknown[0]!r}: must be one of {', '.join(STATUSES)}"
-        )
+    """The SQL ``list_sessions`` runs (exposed so tests can EXPLAIN it).
+
+    An unknown sort or state raises UnknownChoiceError, an unknown status InvalidSessionError.
+    """
+    sort = SortKey.parse(query.sort, "sort")
+    state = SessionState.parse(query.state, "state")
+    statuses = [SessionStatus.lookup(status) for status in query.statuses]
+    if None in statuses:
+        unknown = query.statuses[statuses.index(None)]
+        raise InvalidSessionError(f"unknown status {unknown!r}: must be one of {', '.join(STATUSES)}")
     where: list[str] = []
     params: list[Any] = []
-    if query.state == "active":
+    if state is SessionState.ACTIVE:
         where.append("expires_at > ?")
         params.append(now)
-    elif query.state == "expired":
+    elif state is SessionState.EXPIRED:
         where.append("expires_at <= ?")
         params.append(now)
-    if query.statuses:
-        where.append(f"status IN ({', '.join('?' for _ in query.statuses)})")
-        params.extend(query.statuses)
+    if statuses:
+        where.append(f"status IN ({', '.join('?' for _ in statuses)})")
+        params.extend(status.value for status in statuses)
     if query.user_pattern:
         clause, values = _user_filter(query.user_pattern)
         where.append(clause)
         params.extend(values)
-    column = SORT_COLUMNS[query.sort]
+    column = SORT_COLUMNS[sort]
     direction = "DESC" if query.desc else "ASC"
     if query.after is not None:
         value, user_id = query.after
@@ -412,7 +403,7 @@ def build_list_query(query: SessionQuery, now: int) -> tuple[str, list[Any]]:
         # Walking the primary key would step over every expired row (unbounded until cleanup
         # runs) to find live ones; live rows are at most one TTL of traffic, so take them from
         # the expires_at index and sort them. A --user prefix keeps its primary-key range.
-        order = "+user_id" if query.state == "active" and not query.user_pattern else "user_id"
+        order = "+user_id" if state is SessionState.ACTIVE and not query.user_pattern else "user_id"
     else:
         order = f"{column} {direction}, user_id"
     sql = f"SELECT {_SELECT_COLUMNS} FROM {TABLE}"
@@ -431,9 +422,9 @@ def list_sessions(db: Database, query: SessionQuery, *, now: int | None = None) 
     return db.iter_query(sql, params)
 
 
-def cursor_for(row: Row, sort: str) -> tuple[Any, str]:
+def cursor_for(row: Row, sort: SortKey | str) -> tuple[Any, str]:
     """The keyset position just after ``row`` for the next page."""
-    return (row[SORT_COLUMNS[sort]], row["user_id"])
+    return (row[SORT_COLUMNS[SortKey.parse(sort, "sort")]], row["user_id"])
 
 
 def find_session_row(db: Database, user_id: str) -> Row | None:
@@ -503,18 +494,18 @@ def session_stats(db: Database, *, now: int | None = None) -> SessionStats:
 
 # -- raw rows in and out (export / import / rollback backups) ---------------------------
 
-CONFLICT_POLICIES = ("skip", "replace", "newer")
+CONFLICT_POLICIES = ConflictPolicy.values()
 
 # CAST(? AS TEXT): a value read back from invalid UTF-8 is bound as its bytes and stored
 # as the same TEXT it was, so a backup restores byte for byte.
 _IMPORT_VALUES = "CAST(? AS TEXT), ?, CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), ?, ?, ?"
 _UPDATE_ALL = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "user_id")
-_IMPORT_SQL = {
-    "skip": f"INSERT INTO {TABLE} ({_SELECT_COLUMNS}) VALUES ({_IMPORT_VALUES}) "
+_IMPORT_SQL = {  # keyed by ConflictPolicy, which a policy's plain string also finds
+    ConflictPolicy.SKIP: f"INSERT INTO {TABLE} ({_SELECT_COLUMNS}) VALUES ({_IMPORT_VALUES}) "
     "ON CONFLICT(user_id) DO NOTHING",
-    "replace": f"INSERT INTO {TABLE} ({_SELECT_COLUMNS}) VALUES ({_IMPORT_VALUES}) "
+    ConflictPolicy.REPLACE: f"INSERT INTO {TABLE} ({_SELECT_COLUMNS}) VALUES ({_IMPORT_VALUES}) "
     f"ON CONFLICT(user_id) DO UPDATE SET {_UPDATE_ALL}",
-    "newer": f"INSERT INTO {TABLE} ({_SELECT_COLUMNS}) VALUES ({_IMPORT_VALUES}) "
+    ConflictPolicy.NEWER: f"INSERT INTO {TABLE} ({_SELECT_COLUMNS}) VALUES ({_IMPORT_VALUES}) "
     f"ON CONFLICT(user_id) DO UPDATE SET {_UPDATE_ALL} "
     f"WHERE excluded.updated_at > {TABLE}.updated_at",
 }
@@ -525,13 +516,27 @@ def iter_session_rows(db: Database, state: str = "all", *, now: int | None = Non
     return list_sessions(db, SessionQuery(state=state, sort="user", limit=None), now=now)
 
 
-def raw_row_problem(row: Any) -> str | None:
-    """Why ``row`` cannot be stored as a server_sessions row, or None if it can."""
+def extra_columns(db: Database) -> tuple[str, ...]:
+    """Columns the table has beyond 003's eight (added by later migrations), in table order."""
+    return tuple(row["name"] for row in db.query(f"PRAGMA table_info({TABLE})") if row["name"] not in COLUMNS)
+
+
+def raw_row_problem(row: Any, extra: Collection[str] = ()) -> str | None:
+    """Why ``row`` cannot be stored as a server_sessions row, or None if it can.
+
+    ``extra`` names the columns later migrations added; they take any JSON scalar.
+    """
     if not isinstance(row, dict):
         return "not a JSON object"
-    unknown = [key for key in row if key not in COLUMNS]
+    unknown = [key for key in row if key not in COLUMNS and key not in extra]
     if unknown:
         return f"unknown column {unknown[0]!r}"
+    for column in extra:
+        value = row.get(column)
+        if isinstance(value, (dict, list)) or isinstance(value, bool):
+            return f"{column} must be a string, a number or null, got {type(value).__name__}"
+        if isinstance(value, str) and not is_storable_text(value):
+            return f"{column} holds a lone surrogate, which is not storable text"
     user_id = row.get("user_id")
     if not isinstance(user_id, str) or not user_id:
         return "user_id must be a non-empty string"
@@ -548,29 +553,44 @@ def raw_row_problem(row: Any) -> str | None:
             return f"{column} must be the stored JSON text (a string) or null"
     for column in ("user_id", *JSON_COLUMNS):
         value = row.get(column)
-        if isinstance(value, str) and has_surrogates(value):
-            try:
-                value.encode("utf-8", "surrogateescape")
-            except UnicodeEncodeError:
-                return f"{column} holds a lone surrogate, which is not storable text"
+        if isinstance(value, str) and not is_storable_text(value):
+            return f"{column} holds a lone surrogate, which is not storable text"
     return None
 
 
 def _bindable(value: Any) -> Any:
-    if isinstance(value, str) and has_surrogates(value):
-        return value.encode("utf-8", "surrogateescape")
-    return value
+    return storable_text(value) if isinstance(value, str) else value
+
+
+def _import_sql(on_conflict: str, extra: tuple[str, ...]) -> str:
+    """The import statement for 003's columns plus ``extra`` (later migrations' columns)."""
+    if not extra:
+        return _IMPORT_SQL[on_conflict]
+    quoted = ['"' + column.replace('"', '""') + '"' for column in extra]
+    columns = ", ".join(quoted)
+    values = ", ".join("?" for _ in extra)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in quoted)
+    sql = _IMPORT_SQL[on_conflict].replace(f"({_SELECT_COLUMNS})", f"({_SELECT_COLUMNS}, {columns})", 1)
+    sql = sql.replace(f"VALUES ({_IMPORT_VALUES})", f"VALUES ({_IMPORT_VALUES}, {values})", 1)
+    return sql.replace(f"DO UPDATE SET {_UPDATE_ALL}", f"DO UPDATE SET {_UPDATE_ALL}, {updates}", 1)
 
 
 def import_session_rows(db: Database, rows: Iterable[Row], on_conflict: str = "skip") -> tuple[int, int]:
     """Write raw rows in ONE transaction; return (written, skipped).
 
     ``rows`` may be a generator that validates as it goes: if it raises, the
-    transaction is rolled back and nothing is written.
+    transaction is rolled back and nothing is written. Keys beyond 003's columns
+    (a backup of a table that later migrations widened) are written to the columns
+    of those names.
     """
-    if on_conflict not in CONFLICT_POLICIES:
-        raise ValueError(f"on_conflict must be one of {', '.join(CONFLICT_POLICIES)}")
-    sql = _IMPORT_SQL[on_conflict]
-    results = db.batch(Statement(sql, tuple(_bindable(row.get(c)) for c in COLUMNS)) for row in rows)
+    on_conflict = ConflictPolicy.parse(on_conflict, "on_conflict")
+
+    def statements() -> Iterator[Statement]:
+        for row in rows:
+            extra = tuple(key for key in row if key not in COLUMNS)
+            values = tuple(_bindable(row.get(c)) for c in COLUMNS) + tuple(_bindable(row[c]) for c in extra)
+            yield Statement(_import_sql(on_conflict, extra), values)
+
+    results = db.batch(statements())
     written = sum(1 for result in results if result.changes)
     return written, len(results) - written

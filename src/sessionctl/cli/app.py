@@ -11,7 +11,7 @@ from typer.core import TyperGroup
 
 from sessionctl import __version__
 from sessionctl.cli.context import DEFAULT_DB, Settings
-from sessionctl.cli.errors import EXIT_CODES_HELP, report, report_internal
+from sessionctl.cli.errors import EXIT_CODES_HELP, report, report_internal, report_usage_error
 from sessionctl.errors import SessionctlError
 
 
@@ -20,7 +20,16 @@ GLOBAL_OPTIONS = {"--db", "--config", "-c", "--database", "--env", "-e", "--loca
 
 
 class _Group(TyperGroup):
-    """Turns every SessionctlError raised by a command into one line and its exit code."""
+    """Turns every SessionctlError raised by a command, and every usage error, into one line and its exit code."""
+
+    def make_context(self, *args, **kwargs):  # type: ignore[override]
+        try:  # the global options are parsed here, before invoke
+            return super().make_context(*args, **kwargs)
+        except Exception as error:
+            code = report_usage_error(error)
+            if code is None:
+                raise
+            raise typer.Exit(code) from None
 
     def invoke(self, ctx: typer.Context):  # type: ignore[override]
         settings = lambda: ctx.obj if isinstance(ctx.obj, Settings) else Settings()  # noqa: E731
@@ -32,6 +41,9 @@ class _Group(TyperGroup):
             if type(error).__module__.split(".")[0] in ("click", "typer"):
                 if type(error).__name__ == "NoSuchOption" and getattr(error, "option_name", None) in GLOBAL_OPTIONS:
                     error.message += f" ({error.option_name} is a global option: put it before the command)"
+                code = report_usage_error(error)
+                if code is not None:
+                    raise typer.Exit(code) from None
                 raise
             if settings().debug:
                 raise
@@ -107,8 +119,10 @@ def main_options(
                      show_default=False),
     ] = None,
     timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for a locked database", min=0)
-    ] = 5.0,
+        Optional[float],
+        typer.Option(help="Seconds to wait for a locked database [default: 5], or for remote D1 to answer "
+                          "a request [default: 35]", min=0, show_default=False),
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs")] = False,
     version: Annotated[
         bool,

@@ -41,67 +41,50 @@ def deploy(
 
     settings: Settings = ctx.obj
     files = settings.migrations()
-    migration = settings.sessions_migration(files)
+    settings.sessions_migration(files)
     db = settings.open(create=True)
-    schema_before = _schema_objects(db)
+    engine = settings.engine(db, files)
+    table_before = _has_sessions_table(db)
 
     print("== migrate")
-    applied = apply_and_report(db, files, settings.ledger)
+    applied = apply_and_report(engine)
 
-    for step, run in (("verify", lambda: run_checks(db, migration, settings.ledger, files)),
-                      ("smoke", lambda: run_smoke(db))):
+    for step, run in (("verify", lambda: run_checks(engine)), ("smoke", lambda: run_smoke(db))):
         print(f"== {step}")
         checks = run()
         render_checks(checks, Format.table)
         if not all(check.ok for check in checks):
             print(f"deploy stopped: {step} failed")
-            if rollback_on_failure and SESSIONS_MIGRATION in applied:
-                _roll_back(db, settings, applied, schema_before)
+            if rollback_on_failure and SESSIONS_MIGRATION in applied and not table_before:
+                _roll_back(engine)
+            elif rollback_on_failure and SESSIONS_MIGRATION in applied:
+                # 003 only recorded a table that was already there (made by hand or by
+                # `wrangler d1 execute`): its rows are never dropped, and 003 stays recorded
+                # because its objects remain.
+                print(f"not rolling back: server_sessions existed before this run; its rows are kept "
+                      f"and {SESSIONS_MIGRATION} stays recorded")
             elif rollback_on_failure:
                 print(f"not rolling back: this run did not apply {SESSIONS_MIGRATION}")
             raise typer.Exit(1)
     print("deploy ok: migrated, verified, smoke-tested")
 
 
-def _schema_objects(db) -> set[tuple[str, str]]:
-    return {(r["type"], r["name"]) for r in db.query("SELECT type, name FROM sqlite_master")}
+def _has_sessions_table(db) -> bool:
+    from sessionctl.migrations import table_exists
+    from sessionctl.names import TABLE
+
+    return table_exists(db, TABLE)
 
 
-def _unrecord(db, settings: Settings, names: list[str]) -> None:
-    from sessionctl.migrations import unrecord_statements
-
-    db.batch(unrecord_statements(db, names, settings.ledger))
-
-
-def _roll_back(db, settings: Settings, applied: list[str], schema_before: set[tuple[str, str]]) -> None:
-    """Undo what this run applied: 003 by the seed's rollback, the later files by unrecording them."""
+def _roll_back(engine) -> None:
+    """The one rollback, through what this run applied after 003 on the same table."""
     from sessionctl.backup import default_backup_path
-    from sessionctl.cli.schema import report_backup
-    from sessionctl.names import CHECKSUM_TABLE, TABLE
-    from sessionctl.rollback import plan_rollback, rollback_sessions_migration
+    from sessionctl.cli.schema import report_rollback
+    from sessionctl.rollback import plan_rollback, roll_back
 
     print("== rollback (--rollback-on-failure)")
-    later = applied[applied.index(SESSIONS_MIGRATION) + 1:]
-    if ("table", TABLE) in schema_before:
-        # The table predates this run (e.g. created by `wrangler d1 execute --file`): this run only
-        # recorded 003, so only that is undone. Its live rows are never dropped.
-        _unrecord(db, settings, [SESSIONS_MIGRATION])
-        print(f"not dropping {TABLE}: it existed before this run; unrecorded {SESSIONS_MIGRATION}")
-        if later:
-            print(f"not rolled back (no down migration): {', '.join(later)}")
-        return
-    plan = plan_rollback(db, settings.ledger)
-    report_backup(rollback_sessions_migration(db, plan, default_backup_path()))
-    print(f"rolled back {SESSIONS_MIGRATION}")
-    if later:
-        # They ran against the table just dropped; the ledger must not claim them.
-        _unrecord(db, settings, later)
-        print(f"unrecorded {', '.join(later)} (applied by this run after {SESSIONS_MIGRATION})")
-        ledger_tables = {("table", settings.ledger), ("table", CHECKSUM_TABLE),
-                         ("table", "sqlite_sequence")}
-        left = sorted(_schema_objects(db) - schema_before - ledger_tables)
-        if left:
-            print("left in place, remove by hand: " + ", ".join(f"{t} {n}" for t, n in left))
+    plan = plan_rollback(engine, through_later=True)
+    report_rollback(plan, roll_back(engine.db, plan, default_backup_path()))
 
 
 def register(app: typer.Typer) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import sys
 import traceback
 
+from sessionctl.cli.hints import cli_message
 from sessionctl.errors import (
     DatabaseUnavailableError,
+    LaterMigrationsError,
     MigrationsDirError,
     RefusedError,
     SessionctlError,
@@ -29,6 +31,7 @@ _EXIT_CODES: tuple[tuple[type[SessionctlError], int], ...] = (
     (DatabaseUnavailableError, EXIT_DATABASE),
     (UsageError, EXIT_USAGE),
     (RefusedError, EXIT_USAGE),
+    (LaterMigrationsError, EXIT_USAGE),
     (MigrationsDirError, EXIT_USAGE),
     (WranglerConfigError, EXIT_USAGE),
 )
@@ -42,10 +45,31 @@ def exit_code_for(error: SessionctlError) -> int:
 
 
 def message_for(error: SessionctlError) -> str:
+    hinted = cli_message(error)  # the library names its own terms; the CLI names its flags
+    if hinted is not None:
+        return hinted
     message = str(error)
     if isinstance(error, SQLError) and "no such table: server_sessions" in message:
         return "table server_sessions does not exist (migration 003 is not applied: run `sessionctl migrate`)"
+    if isinstance(error, LaterMigrationsError):
+        return f"{message} (`rollback --through-later` rolls back through them and unrecords them)"
     return message
+
+
+def report_usage_error(error: Exception) -> int | None:
+    """Print a click usage error (bad option, value, argument or command) as one line; return its exit code.
+
+    click would print its usage block and a hint around the message; sessionctl prints
+    every error as one line. None, and nothing printed, for any other exception and for
+    the help page a group shows when given no command. Matched by class name and module:
+    typer vendors click from 0.28 on, so the classes live in click or in typer._click.
+    """
+    kinds = {cls.__name__ for cls in type(error).__mro__ if cls.__module__.split(".")[0] in ("click", "typer")}
+    if "UsageError" not in kinds or "NoArgsIsHelpError" in kinds:
+        return None
+    line = " ".join(error.format_message().split())  # type: ignore[attr-defined]
+    print(f"sessionctl: error: {line}", file=sys.stderr)
+    return error.exit_code  # type: ignore[attr-defined]
 
 
 def report_internal(error: Exception) -> int:

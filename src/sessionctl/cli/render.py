@@ -1,16 +1,18 @@
-"""The one renderer: rows to table, json, ndjson or csv; checks to ✓/✗ lines.
+"""The one renderer: rows to table, json, ndjson or csv; checks to ✓/✗ lines; the one rich Console.
 
-rich is imported only when a table is drawn, so scripted (json/csv) runs and
-cron jobs never pay for it.
+rich is imported only when something is drawn with it, and csv and the JSON encoders
+only when that format is written, so ``--version``, scripted runs and cron jobs never
+pay for what they do not print.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 from enum import Enum
-from typing import Any, Iterable, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, TextIO
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class Format(str, Enum):
@@ -29,22 +31,18 @@ class ObjectFormat(str, Enum):
     json = "json"
 
 
-def _dumps(value: Any, **kwargs: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str, **kwargs)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # stored bytes that are not UTF-8: keep them, as \udcXX escapes
-        text = json.dumps(value, ensure_ascii=True, default=str, **kwargs)
-    return text
+def console(out: TextIO | None = None, *, stderr: bool = False) -> Console:
+    """The rich Console every command draws with (tables, show, stats, the progress bar).
 
+    On a terminal it is the terminal's width. Piped or redirected it is as wide as the
+    content needs, so a row or a JSON value stays on its line for grep and scripts. No
+    highlighting: stored text is shown as it is, never coloured by what it looks like.
+    """
+    from rich.console import Console
 
-def printable(text: str) -> str:
-    """Text for a terminal: bytes that are not UTF-8 shown as U+FFFD instead of failing the write."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    out = out or (sys.stderr if stderr else sys.stdout)
+    wide = None if out.isatty() else 1_000
+    return Console(file=out, width=wide, highlight=False, soft_wrap=False)
 
 
 def render_rows(
@@ -59,25 +57,34 @@ def render_rows(
     out = out or sys.stdout
     count = 0
     if fmt is Format.json:
+        from sessionctl.encoding import dumps_for_output
+
         out.write("[")
         for count, row in enumerate(rows, 1):
-            out.write(("\n  " if count == 1 else ",\n  ") + _dumps(row))
+            out.write(("\n  " if count == 1 else ",\n  ") + dumps_for_output(row))
         out.write("\n]\n" if count else "]\n")
     elif fmt is Format.ndjson:
+        from sessionctl.encoding import dumps_for_output
+
         for count, row in enumerate(rows, 1):
-            out.write(_dumps(row) + "\n")
+            out.write(dumps_for_output(row) + "\n")
     elif fmt is Format.csv:
+        import csv
+
+        from sessionctl.encoding import dumps_for_output, printable
+
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
         for count, row in enumerate(rows, 1):
             writer.writerow(
-                _dumps(v) if isinstance(v, (dict, list)) else ("" if v is None else printable(str(v)))
+                dumps_for_output(v) if isinstance(v, (dict, list)) else ("" if v is None else printable(str(v)))
                 for v in (row.get(c) for c in columns)
             )
     else:
-        from rich.console import Console
         from rich.table import Table
         from rich.text import Text
+
+        from sessionctl.encoding import printable
 
         table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
         cells = [["" if row.get(c) is None else printable(str(row.get(c))) for c in columns] for row in rows]
@@ -92,26 +99,21 @@ def render_rows(
                 table.add_column(column, overflow="fold")
         for line in cells:
             table.add_row(*(Text(cell) for cell in line))  # stored text, never rich markup
-        Console(file=out, soft_wrap=True).print(table)
+        console(out).print(table, soft_wrap=True)
     out.flush()
     return count
 
 
 def render_object(obj: dict[str, Any], out: TextIO | None = None) -> None:
-    out = out or sys.stdout
-    out.write(_dumps(obj, indent=2) + "\n")
-
-
-def console(out: TextIO | None = None):
-    """A rich Console: the terminal's width on a terminal; piped, as wide as the content needs."""
-    from rich.console import Console
+    from sessionctl.encoding import dumps_for_output
 
     out = out or sys.stdout
-    wide = None if out.isatty() else 1_000
-    return Console(file=out, width=wide, highlight=False, soft_wrap=False)
+    out.write(dumps_for_output(obj, indent=2) + "\n")
 
 
-def _mark(ok: bool, out: TextIO) -> str:
+def _mark(ok: bool, out: TextIO, judged: bool = True) -> str:
+    if not judged:  # nothing here can tell right from wrong: neither a pass nor a failure
+        return "·"
     symbol = "✓" if ok else "✗"
     if out.isatty():
         return f"\033[32m{symbol}\033[0m" if ok else f"\033[31m{symbol}\033[0m"
@@ -128,4 +130,4 @@ def render_checks(checks: Sequence[Any], fmt: Format, out: TextIO | None = None)
         return
     width = max((len(c.name) for c in checks), default=0)
     for check in checks:
-        out.write(f"{_mark(check.ok, out)} {check.name.ljust(width)}  {check.detail}\n")
+        out.write(f"{_mark(check.ok, out, getattr(check, 'judged', True))} {check.name.ljust(width)}  {check.detail}\n")

@@ -55,17 +55,17 @@ def migrate(
         return
     db = settings.open(create=True)
     settings.note_missing_sessions_migration(files)
-    apply_and_report(db, files, ledger)
+    apply_and_report(settings.engine(db, files))
 
 
-def apply_and_report(db, files, ledger: str) -> list[str]:
+def apply_and_report(engine) -> list[str]:
     """Apply pending files, one line each; return the names this run applied."""
-    from sessionctl.migrations import apply_migrations
+    from sessionctl.migrations import Outcome
 
     applied, seen = [], 0
-    for outcome in apply_migrations(db, files, ledger):
+    for outcome in engine.apply():
         seen += 1
-        if outcome.outcome == "applied":
+        if outcome.outcome is Outcome.APPLIED:
             applied.append(outcome.name)
             print(f"applied {outcome.name}")
         else:
@@ -81,13 +81,11 @@ def status(
     as_json: JsonOption = False,
 ) -> None:
     """Show each migration: applied (when), pending, modified, or applied-without-file."""
-    from sessionctl.migrations import migration_status
-
     settings: Settings = ctx.obj
     files = settings.migrations()
     db = settings.open()
     settings.note_missing_sessions_migration(files)
-    states = migration_status(db, files, settings.ledger)
+    states = settings.engine(db, files).status()
     rows = [
         {"name": s.name, "state": s.state, "applied_at": s.applied_at, "detail": s.detail}
         for s in states
@@ -100,14 +98,14 @@ def verify(
     fmt: ObjectFormatOption = ObjectFormat.table,
     as_json: JsonOption = False,
 ) -> None:
-    """Prove table, columns, status CHECK, expires_at index and ledger; exit 1 if any is wrong."""
+    """Prove the schema is what the applied migrations build, and 003's CHECK and index; exit 1 if not."""
     from sessionctl.checks import run_checks
 
     settings: Settings = ctx.obj
     files = settings.migrations()
-    migration = settings.sessions_migration(files)
+    settings.sessions_migration(files)
     db = settings.open()
-    checks = run_checks(db, migration, settings.ledger, files)
+    checks = run_checks(settings.engine(db, files))
     render_checks(checks, chosen_format(fmt, as_json))
     if not all(check.ok for check in checks):
         raise typer.Exit(1)
@@ -124,20 +122,26 @@ def rollback(
     no_backup: Annotated[
         bool, typer.Option("--no-backup", help="Drop without writing a backup first")
     ] = False,
+    through_later: Annotated[
+        bool,
+        typer.Option("--through-later",
+                     help="Also roll back later migrations that changed server_sessions (unrecording them)"),
+    ] = False,
 ) -> None:
     """Back up every session, then run the seed's rollback (drop table and index, unrecord 003)."""
     from sessionctl.backup import default_backup_path
     from sessionctl.cli.context import confirm_or_refuse
     from sessionctl.errors import UsageError
-    from sessionctl.rollback import MIGRATION_NAME, plan_rollback, rollback_sessions_migration
+    from sessionctl.rollback import MIGRATION_NAME, plan_rollback, roll_back
 
     if backup is not None and no_backup:
         raise UsageError("--backup and --no-backup cannot be used together")
     if backup is not None and backup.exists():
         raise UsageError(f"--backup {backup} already exists; a backup never overwrites a file")
     settings: Settings = ctx.obj
+    files = settings.migrations()
     db = settings.open()
-    plan = plan_rollback(db, settings.ledger)
+    plan = plan_rollback(settings.engine(db, files), through_later=through_later)
     if not plan.needed:
         print(f"nothing to roll back: no server_sessions table and {MIGRATION_NAME} is not in the ledger")
         return
@@ -152,13 +156,26 @@ def rollback(
         return
     confirm_or_refuse(
         f"Drop server_sessions ({plan.rows} rows) in {db.description}?"
+        + (f" Later migrations are unrecorded with it: {', '.join(plan.later)}." if plan.later else "")
         + (f" A backup is written to {backup_path} first." if backup_path else " NO backup is written."),
         yes,
         "rollback refused, nothing was dropped",
     )
-    report_backup(rollback_sessions_migration(db, plan, backup_path))
+    report_rollback(plan, roll_back(db, plan, backup_path))
+
+
+def report_rollback(plan, outcome) -> None:
+    """What a rollback did, for the operator: the backup, the drop, the ledger."""
+    from sessionctl.rollback import MIGRATION_NAME
+
+    report_backup(outcome)
     print(f"rolled back {MIGRATION_NAME}: dropped server_sessions and idx_server_sessions_expires"
           + (", removed its ledger row" if plan.in_ledger else ""))
+    if plan.later:
+        print(f"unrecorded {', '.join(plan.later)}: they changed server_sessions, which is gone "
+              "(`migrate` applies them again)")
+    if plan.kept:
+        print(f"still recorded: {', '.join(plan.kept)} (their objects remain)")
 
 
 def report_backup(outcome) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -20,7 +19,8 @@ from sessionctl.cli.options import (
     YesOption,
     chosen_format,
 )
-from sessionctl.cli.render import Format, ObjectFormat, console, printable, render_object, render_rows
+from sessionctl.cli.render import Format, ObjectFormat, console, render_object, render_rows
+from sessionctl.enums import ConflictPolicy, SessionState, SessionStatus, SortKey
 from sessionctl.errors import UsageError
 
 app = typer.Typer(help="Inspect and purge sessions (through the repository module).", no_args_is_help=True)
@@ -33,15 +33,16 @@ StateAll = Annotated[bool, typer.Option("--all", help="Live and expired sessions
 
 def _text(value: str, what: str) -> str:
     """A command-line value that must be text: bytes that are not UTF-8 are refused in one line."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise UsageError(f"{what} is not valid UTF-8 text") from None
+    from sessionctl.encoding import has_lone_surrogates
+
+    if has_lone_surrogates(value):  # the arguments' bytes that were not UTF-8, as \udcXX
+        raise UsageError(f"{what} is not valid UTF-8 text")
     return value
 
 
-def _state(active: bool, expired: bool, every: bool, default: str) -> str:
-    chosen = [name for name, on in (("active", active), ("expired", expired), ("all", every)) if on]
+def _state(active: bool, expired: bool, every: bool, default: SessionState) -> SessionState:
+    flags = ((SessionState.ACTIVE, active), (SessionState.EXPIRED, expired), (SessionState.ALL, every))
+    chosen = [state for state, on in flags if on]
     if len(chosen) > 1:
         raise UsageError(f"choose one of --active, --expired, --all (got --{' --'.join(chosen)})")
     return chosen[0] if chosen else default
@@ -66,7 +67,9 @@ def _table_row(row: dict[str, Any], now: int) -> dict[str, Any]:
 @app.command("list")
 def list_(
     ctx: typer.Context,
-    status: Annotated[Optional[List[str]], typer.Option("--status", "-s", help="Only this status (repeatable)")] = None,
+    status: Annotated[
+        Optional[List[SessionStatus]], typer.Option("--status", "-s", help="Only this status (repeatable)")
+    ] = None,
     active: StateActive = False,
     expired: StateExpired = False,
     every: StateAll = False,
@@ -74,14 +77,13 @@ def list_(
     limit: Annotated[int, typer.Option(help="At most N rows; 0 for no limit", min=0)] = 50,
     after: Annotated[Optional[str], typer.Option(help="Start after this user_id (keyset pagination)")] = None,
     cursor: Annotated[Optional[str], typer.Option(help="Continue from the cursor printed by the last page")] = None,
-    sort: Annotated[str, typer.Option(help="expires | user | updated | created")] = "expires",
+    sort: Annotated[SortKey, typer.Option(help="Sort by this column, then user_id")] = SortKey.EXPIRES,
     desc: Annotated[bool, typer.Option("--desc", help="Sort descending")] = False,
     fmt: FormatOption = Format.table,
     as_json: JsonOption = False,
 ) -> None:
     """List sessions (default: live ones, soonest to expire first, 50 at a time)."""
     from sessionctl.repository import (
-        SORT_COLUMNS,
         SessionQuery,
         cursor_for,
         decode_row,
@@ -91,13 +93,6 @@ def list_(
     )
 
     settings: Settings = ctx.obj
-    if sort not in SORT_COLUMNS:
-        raise UsageError(f"unknown --sort {sort!r}: use one of {', '.join(SORT_COLUMNS)}")
-    from sessionctl.repository import STATUSES
-
-    unknown = [s for s in status or () if s not in STATUSES]
-    if unknown:
-        raise UsageError(f"unknown --status {unknown[0]!r}: use one of {', '.join(STATUSES)}")
     if after is not None and cursor is not None:
         raise UsageError("--after and --cursor cannot be used together")
     for value, what in ((user, "--user"), (after, "--after"), (cursor, "--cursor")):
@@ -109,7 +104,7 @@ def list_(
     position = None
     if cursor is not None:
         position = _parse_cursor(cursor, sort)
-    elif after is not None and sort == "user":
+    elif after is not None and sort is SortKey.USER:
         position = (None, after)  # user_id > ? needs no row to exist
     elif after is not None:
         row = find_session_row(db, after)
@@ -118,7 +113,7 @@ def list_(
         position = cursor_for(row, sort)
     query = SessionQuery(
         statuses=tuple(status or ()),
-        state=_state(active, expired, every, "active"),
+        state=_state(active, expired, every, SessionState.ACTIVE),
         user_pattern=user,
         limit=limit or None,
         sort=sort,
@@ -138,15 +133,15 @@ def list_(
     count = render_rows(rows(), fmt, TABLE_COLUMNS if fmt is Format.table else list(COLUMNS))
     if limit and count == limit and last:
         value, user_id = cursor_for(last[0], sort)
-        token = f"{'' if sort == 'user' else value}:{user_id}"
+        token = f"{'' if sort is SortKey.USER else value}:{user_id}"
         print(f"sessionctl: more rows may follow: --cursor {shlex.quote(token)}", file=sys.stderr)
 
 
-def _parse_cursor(token: str, sort: str) -> tuple[Any, str]:
+def _parse_cursor(token: str, sort: SortKey) -> tuple[Any, str]:
     value, sep, user_id = token.partition(":")
     if not sep or not user_id:
         raise UsageError(f"--cursor {token!r} is not a cursor printed by sessions list")
-    if sort == "user":
+    if sort is SortKey.USER:
         return (None, user_id)
     try:
         return (int(value), user_id)
@@ -181,6 +176,7 @@ def show(
     from rich.table import Table
 
     from sessionctl.cli.timefmt import absolute, ago, expires
+    from sessionctl.encoding import dumps_for_terminal, printable
 
     now = now_ms()
     expired = row["expires_at"] <= now
@@ -199,13 +195,13 @@ def show(
         elif column in malformed:  # did not decode: show it raw, flagged
             shown = f"{escape(printable(text))}\n[bold red]MALFORMED JSON[/] (shown raw)"
         else:
-            shown = escape(printable(json.dumps(decoded[column], ensure_ascii=False, indent=2)))
+            shown = escape(dumps_for_terminal(decoded[column], indent=2))
         grid.add_row(column, shown)
     messages = decoded["messages"]
     if isinstance(messages, list):
         grid.add_row("message count", str(len(messages)))
         if messages:
-            grid.add_row("last message", escape(printable(json.dumps(messages[-1], ensure_ascii=False))))
+            grid.add_row("last message", escape(dumps_for_terminal(messages[-1])))
     console().print(grid)
 
 
@@ -281,10 +277,9 @@ def _progress_bar(total: int) -> Iterator[Callable[[int], None]]:
     if not total or not sys.stderr.isatty():
         yield lambda n: None
         return
-    from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(console=Console(stderr=True), transient=True) as progress:
+    with Progress(console=console(stderr=True), transient=True) as progress:
         task = progress.add_task("deleting expired sessions", total=total)
         yield lambda n: progress.advance(task, n)
 
@@ -348,7 +343,7 @@ def export(
     from sessionctl.repository import iter_session_rows
 
     settings: Settings = ctx.obj
-    state = _state(active, expired, every, "all")
+    state = _state(active, expired, every, SessionState.ALL)
     db = settings.open()
     rows = iter_session_rows(db, state)
     if output == "-":
@@ -363,14 +358,14 @@ def export(
 def import_(
     ctx: typer.Context,
     file: Annotated[str, typer.Argument(help="JSON Lines file (as written by export or rollback), or -")],
-    on_conflict: Annotated[str, typer.Option(help="skip | replace | newer (keep the larger updated_at)")] = "skip",
+    on_conflict: Annotated[
+        ConflictPolicy, typer.Option(help="A user_id already stored: keep it, replace it, or keep the newer updated_at")
+    ] = ConflictPolicy.SKIP,
 ) -> None:
     """Import sessions in one transaction; any bad line (named by number) and nothing is written."""
     from sessionctl.backup import read_rows
-    from sessionctl.repository import CONFLICT_POLICIES, import_session_rows
+    from sessionctl.repository import extra_columns, import_session_rows
 
-    if on_conflict not in CONFLICT_POLICIES:
-        raise UsageError(f"unknown --on-conflict {on_conflict!r}: use one of {', '.join(CONFLICT_POLICIES)}")
     settings: Settings = ctx.obj
     if file == "-":
         handle, source = sys.stdin, "<stdin>"
@@ -384,7 +379,7 @@ def import_(
         db = settings.open()
         # One pass: rows are validated as they stream into the one transaction, which a
         # bad line rolls back whole.
-        written, skipped = import_session_rows(db, read_rows(handle, source), on_conflict)
+        written, skipped = import_session_rows(db, read_rows(handle, source, extra_columns(db)), on_conflict)
     except UnicodeDecodeError as exc:
         raise UsageError(f"cannot read {source}: not UTF-8 text ({exc.reason}); nothing was imported") from None
     except IsADirectoryError:

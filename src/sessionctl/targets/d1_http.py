@@ -8,7 +8,8 @@ Retries follow what is safe: a 429 was not executed, so any request waits
 ``retry-after`` and goes again; a 5xx or a dropped connection is retried only for
 reads -- a write may have been applied, so it is reported, never repeated.
 The API token is sent in one header and appears nowhere else: not in messages,
-not in ``repr``, not in logs.
+not in ``repr``, not in logs; a base URL it could leak through (plain http to another
+machine, a user:password in it) is refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import time
 import urllib.error
 import urllib.request
 from typing import Any, Iterable, Iterator, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from sessionctl.errors import (
     ConstraintError,
     DatabaseNotFoundError,
     DatabaseUnavailableError,
+    RemoteSettingError,
     SQLError,
 )
 from sessionctl.targets.base import Result, Row, Statement
@@ -53,6 +55,10 @@ class D1HttpDatabase:
         description: str | None = None,
         timeout: float = REQUEST_TIMEOUT_S,
     ):
+        # Checked here as well as where the target is chosen: whoever builds a client gets the rules.
+        check_base_url(base_url)
+        check_id(account_id, "account id", setting="account_id")
+        check_id(database_id, "database_id", setting="database_id")
         self.base_url = base_url.rstrip("/")
         self.account_id = account_id
         self.database_id = database_id
@@ -201,6 +207,47 @@ class D1HttpDatabase:
             rows = entry.get("results") if isinstance(entry, dict) else None
             results.append(Result(rows=list(rows or []), changes=int(meta.get("changes") or 0)))
         return results
+
+
+def check_base_url(url: str, setting: str = "base_url") -> str:
+    """Refuse a URL the token must not be sent to; return its host[:port] for display.
+
+    https only, except to this machine (the token would travel in clear), and no
+    user:password (the token is the credential, and the URL gets shown).
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or not _has_valid_port(parts):
+        raise RemoteSettingError(setting, "malformed", f"{setting} must be an http(s) URL with a host")
+    if parts.username or parts.password:
+        raise RemoteSettingError(
+            setting, "unsafe", f"{setting} must not carry a user or password (the token is the credential)"
+        )
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise RemoteSettingError(
+            setting, "unsafe",
+            f"{setting} must be https (plain http only to this machine): the token would travel in clear",
+        )
+    return parts.hostname + (f":{parts.port}" if parts.port else "")
+
+
+def _has_valid_port(parts: SplitResult) -> bool:
+    try:
+        parts.port  # raises ValueError for a port that is not a number from 0 to 65535
+    except ValueError:
+        return False
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def check_id(value: str, what: str, *, setting: str) -> None:
+    """An account or database id goes into the URL's path: only what Cloudflare's ids hold."""
+    if not re.fullmatch(r"[A-Za-z0-9-]+", value):
+        raise RemoteSettingError(
+            setting, "malformed", f"the {what} {value!r} is not an id Cloudflare uses (letters, digits and -)"
+        )
 
 
 class _NotSent(Exception):

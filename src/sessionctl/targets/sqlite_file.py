@@ -53,7 +53,7 @@ def open_sqlite_file(
     is_new = not path.exists()
     if is_new and not create:
         raise DatabaseNotFoundError(
-            f"database not found: {path} (`sessionctl migrate` creates it; nothing was created)"
+            f"database not found: {path} ({DatabaseNotFoundError.REMEDY}; nothing was created)", path=path
         )
     if is_new:
         try:
@@ -231,7 +231,8 @@ class SqliteFileDatabase:
         except (apsw.BusyError, apsw.LockedError) as exc:
             raise DatabaseLockedError(
                 f"{self.path} is locked by another process (waited {self.timeout:g} s; "
-                "try again, or raise --timeout)"
+                f"try again, or {DatabaseLockedError.REMEDY})",
+                path=self.path, waited_s=self.timeout,
             ) from exc
         except apsw.ReadOnlyError as exc:
             raise ReadOnlyDatabaseError(f"{self.path} is read-only ({_message(exc)})") from exc

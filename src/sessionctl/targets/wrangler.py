@@ -20,9 +20,9 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from sessionctl.errors import UsageError, WranglerConfigError
+from sessionctl.errors import DatabaseChoiceError, UnknownEnvironmentError, WranglerConfigError
 
 ENV_VARIABLE = "CLOUDFLARE_ENV"
 
@@ -101,8 +101,8 @@ def load_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def chosen_env(option: str | None, environ: dict[str, str] | None = None) -> str | None:
-    """The environment wrangler would use: ``--env``, else ``CLOUDFLARE_ENV``; "" is the top level."""
+def chosen_env(option: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The environment wrangler would use: the one asked for, else ``CLOUDFLARE_ENV``; "" is the top level."""
     environ = os.environ if environ is None else environ
     env = option if option is not None else environ.get(ENV_VARIABLE)
     return env or None
@@ -124,8 +124,7 @@ def d1_databases(config_path: Path, data: dict[str, Any], env: str | None) -> li
         if env not in envs and not envs:
             return d1_databases(config_path, data, None)
         if env not in envs:
-            known = ", ".join(sorted(envs))
-            raise UsageError(f"no environment {env!r} in {config_path} (environments: {known})")
+            raise UnknownEnvironmentError(env, tuple(sorted(envs)), config_path)
         section = envs[env]
         prefix = f"env.{env}."
         if not isinstance(section, dict):
@@ -159,22 +158,21 @@ def d1_databases(config_path: Path, data: dict[str, Any], env: str | None) -> li
 
 def select_database(databases: list[D1Database], name: str | None, config_path: Path, env: str | None) -> D1Database:
     """By binding or database_name; default: the only entry, else the one bound as DB."""
-    where = f"{config_path}" + (f" [env.{env}]" if env else "")
     if not databases:
+        where = f"{config_path}" + (f" [env.{env}]" if env else "")
         raise WranglerConfigError(f"{where} has no d1_databases")
-    choices = ", ".join(f"{d.binding} ({d.database_name})" if d.database_name else d.binding for d in databases)
+    choices = tuple(f"{d.binding} ({d.database_name})" if d.database_name else d.binding for d in databases)
     if name is not None:
         found = [d for d in databases if name in (d.binding, d.database_name)]
         if len(found) == 1:
             return found[0]
-        problem = "is ambiguous" if found else "is not a binding or database_name"
-        raise UsageError(f"--database {name!r} {problem} in {where}; choose one of: {choices}")
+        raise DatabaseChoiceError("ambiguous" if found else "unknown", name, choices, config_path, env)
     if len(databases) == 1:
         return databases[0]
     bound_db = [d for d in databases if d.binding == "DB"]
     if bound_db:
         return bound_db[0]
-    raise UsageError(f"{where} has several D1 databases; choose one with --database: {choices}")
+    raise DatabaseChoiceError("unchosen", None, choices, config_path, env)
 
 
 def durable_object_hex(name: str, unique_key: str = D1_OBJECT) -> str:
