@@ -1,6 +1,6 @@
 # make demo  -- create the venv, install, and run sessionctl on an embedded SQLite file
 # make test  -- create the venv and run the whole test suite
-# make bench -- start-up and throughput benchmarks (results in README.md)
+# make bench -- sessionctl against its peers, as ratios with goals (bench/results.md, README.md)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -49,5 +49,6 @@ test: $(STAMP) $(WRANGLER)
 clean:
 	rm -rf $(VENV) $(WRANGLER_DIR) demo .pytest_cache .hypothesis
 
+# Full scale: 10k and 1M sessions, cleanup on 2M, import of 200k. BENCH_SCALE=0.02 for a quick run.
 bench: $(STAMP) $(WRANGLER)
 	BENCH_WRANGLER=$(abspath $(WRANGLER)) $(BIN)/python bench/bench.py

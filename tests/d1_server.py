@@ -17,9 +17,14 @@ remote target can be tested end to end, offline, over real HTTP:
   ``<message>: SQLITE_<KIND> [code: 7500]`` shape. BLOBs come back as lists of ints.
 - ``meta.rows_read`` / ``rows_written`` are approximations (rows returned / rows changed).
 
-``fail_next`` injects faults (429 with retry-after, 500, ...). ``requests`` records every
-request's method, path, parsed JSON body, response status and arrival time -- never headers,
-so never the token.
+``fail_next`` injects faults (429 with retry-after, 500, a dropped connection, a slow answer).
+``requests`` records every request's method, path, parsed JSON body, response status, arrival
+time and User-Agent -- never the other headers, so never the token. ``connections`` counts the
+TCP connections accepted; ``close_after_answer`` closes each one after its answer without
+saying so (as a server whose keep-alive timed out does).
+
+Since the remote tests run against D1 itself (tests/d1_worker), this double serves only what
+workerd cannot produce: the faults above and 403.
 """
 
 from __future__ import annotations
@@ -94,6 +99,8 @@ class FakeD1:
         self.token, self.account_id, self.database_id = token, account_id, database_id
         self.db_path = folder / f"{database_id}.sqlite"
         self.requests: list[dict[str, Any]] = []
+        self.connections = 0
+        self.close_after_answer = False
         self._faults: list[dict[str, Any]] = []
         self._lock = threading.Lock()  # guards requests and faults
         self._db_lock = threading.Lock()  # D1 runs one request at a time per database
@@ -101,7 +108,7 @@ class FakeD1:
             conn.execute("CREATE TABLE IF NOT EXISTS _cf_KV (key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID")
         conn.close()
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = _QuietServer(("127.0.0.1", 0), handler)
         self.port = self._server.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/client/v4"
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-d1", daemon=True)
@@ -111,16 +118,19 @@ class FakeD1:
 
     def fail_next(self, status: int, code: int, message: str, times: int = 1,
                   headers: dict[str, str] | None = None, *, when: str | None = None,
-                  execute: bool = False) -> None:
+                  execute: bool = False, delay: float = 0.0) -> None:
         """Answer the next ``times`` authenticated requests with this error instead of running them.
 
-        ``status=0``: close the connection without any response (a dropped connection).
-        ``when``: only requests whose SQL contains this text. ``execute=True``: run the
-        request (and commit) first, then answer with the error -- the lost-response case.
+        ``status=0``: close the connection without any response (a dropped connection);
+        ``status=200``: answer as usual (with ``delay``: a slow answer). ``when``: only
+        requests whose SQL contains this text. ``execute=True``: run the request (and
+        commit) first, then answer with the error -- the lost-response case. ``delay``:
+        seconds to wait before running and answering.
         """
         with self._lock:
             self._faults.append({"status": status, "code": code, "message": message, "times": times,
-                                 "headers": dict(headers or {}), "when": when, "execute": execute})
+                                 "headers": dict(headers or {}), "when": when, "execute": execute,
+                                 "delay": delay})
 
     def sql_sent(self) -> list[str]:
         """Every statement text received, in order (batch items flattened)."""
@@ -151,13 +161,14 @@ class FakeD1:
 
     # -- the API ---------------------------------------------------------------------
 
-    def handle(self, method: str, path: str, authorization: str | None, raw: bytes) -> tuple[int, dict, dict]:
+    def handle(self, method: str, path: str, authorization: str | None, raw: bytes,
+               user_agent: str | None = None) -> tuple[int, dict, dict]:
         try:
             body = json.loads(raw.decode("utf-8")) if raw else None
         except (ValueError, UnicodeDecodeError):
             body = ValueError
         record = {"method": method, "path": path, "body": None if body is ValueError else body,
-                  "status": None, "at": time.monotonic()}
+                  "status": None, "at": time.monotonic(), "user_agent": user_agent, "bytes": len(raw)}
         with self._lock:
             self.requests.append(record)
         headers: dict[str, str] = {}
@@ -173,6 +184,10 @@ class FakeD1:
                 raise D1Error(404, 7404, "database not found")
             items = self._items(body)
             fault = self._take_fault(items)
+            if fault is not None and fault["delay"]:
+                time.sleep(fault["delay"])
+            if fault is not None and fault["status"] == 200:
+                fault = None  # only slow
             if fault is not None and not fault["execute"]:
                 headers = fault["headers"]
                 raise D1Error(fault["status"], fault["code"], fault["message"])
@@ -295,13 +310,26 @@ class FakeD1:
         return D1Error(400, 7500, f"{message}: {kind} [code: 7500]")
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that timed out and left: its answer has nowhere to go
+
+
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeD1
     protocol_version = "HTTP/1.1"
 
+    def setup(self) -> None:
+        super().setup()
+        with self.fake._lock:
+            self.fake.connections += 1
+
     def _serve(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        status, payload, headers = self.fake.handle(self.command, self.path, self.headers.get("Authorization"), raw)
+        status, payload, headers = self.fake.handle(self.command, self.path, self.headers.get("Authorization"), raw,
+                                                    self.headers.get("User-Agent"))
         if status == 0:  # fail_next(0, ...): drop the connection, answer nothing
             self.close_connection = True
             return
@@ -313,6 +341,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+        if self.fake.close_after_answer:
+            self.close_connection = True  # and no "Connection: close" said beforehand
 
     do_POST = do_GET = do_PUT = do_DELETE = _serve
 

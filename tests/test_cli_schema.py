@@ -90,7 +90,8 @@ def test_help_documents_every_exit_code(cli):
     text = re.sub(r"-\s+", "-", " ".join(result.stdout.split()))  # undo wrapping at hyphens
     assert (
         "Exit codes: 0 ok; 1 a check or operation failed; 2 usage error or refused; "
-        "3 the database could not be used (missing, not SQLite, corrupt, locked, read-only)."
+        "3 the database could not be used (missing, not SQLite, corrupt, locked, read-only); "
+        "141 the reader of the output went away (e.g. | head), nothing printed about it."
     ) in text
     for command in ("migrate", "status", "verify", "rollback"):
         assert re.search(rf"^\s+{command}\s", result.stdout, re.M), command

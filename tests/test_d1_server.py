@@ -117,3 +117,31 @@ def test_a_dropped_connection(fake):
         post(fake, {"sql": "SELECT 1"})
     assert post(fake, {"sql": "SELECT 1"})[0] == 200
     assert [r["status"] for r in fake.requests] == [0, 200]
+
+
+def test_a_slow_answer_a_silent_close_and_the_connections_counted(fake):
+    import http.client
+    import time
+
+    fake.fail_next(200, 0, "", delay=0.3)
+    started = time.monotonic()
+    assert post(fake, {"sql": "SELECT 1 AS one"})[0] == 200  # slow, but an ordinary answer
+    assert time.monotonic() - started >= 0.3
+    assert fake.connections == 1  # urllib: one connection per request
+
+    conn = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=5)
+    path = f"/client/v4/accounts/{fake.account_id}/d1/database/{fake.database_id}/query"
+    headers = {"Authorization": f"Bearer {fake.token}", "User-Agent": "probe/1"}
+    for _ in range(2):  # kept alive: two requests, one connection
+        conn.request("POST", path, body=json.dumps({"sql": "SELECT 1"}), headers=headers)
+        assert conn.getresponse().read()
+    assert fake.connections == 2 and fake.requests[-1]["user_agent"] == "probe/1"
+
+    fake.close_after_answer = True
+    conn.request("POST", path, body=json.dumps({"sql": "SELECT 1"}), headers=headers)
+    response = conn.getresponse()
+    assert response.getheader("Connection") is None and response.read()  # closed, without a word
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+        conn.request("POST", path, body=json.dumps({"sql": "SELECT 1"}), headers=headers)
+        conn.getresponse()
+    conn.close()

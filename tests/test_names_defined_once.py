@@ -323,8 +323,11 @@ def test_a_line_refuses_what_json_cannot_hold_but_output_shows_it():
     assert dumps_for_output({"blob": b"\x00\xff"}) == '{"blob": "b\'\\\\x00\\\\xff\'"}'
 
 
-def test_output_renders_nan_and_infinity_as_before():
-    assert dumps_for_output([math.nan, math.inf, -math.inf]) == "[NaN, Infinity, -Infinity]"
+def test_output_stays_json_for_nan_and_infinity():
+    # NaN and Infinity are not JSON; 1e999 is a JSON number that reads back as infinity,
+    # and SQLite stores no NaN (it stores NULL).
+    assert dumps_for_output([math.nan, math.inf, -math.inf]) == "[null, 1e999, -1e999]"
+    assert json.loads("[1e999, -1e999]") == [math.inf, -math.inf]
 
 
 def test_output_indents_like_json_dumps():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SESSIONCTL
-from test_remote_d1 import SECRET, one_error, write_project
+from remote_cli import SECRET, no_proxies, one_error, write_project  # noqa: F401 (no_proxies: autouse)
 
 ACCOUNT = "acc123"
 DATABASE = "d1d1d1d1-0000-4000-8000-000000000009"
@@ -169,3 +169,22 @@ def test_a_base_url_that_would_expose_the_token_is_refused(project, url, expecte
     line = one_error(result, 2)
     assert expected in line
     assert "hunter2" not in result.stderr
+
+
+def test_https_goes_through_an_https_proxy_as_a_tunnel_and_http_to_this_machine_never(monkeypatch):
+    from sessionctl.targets.http_connection import KeepAliveConnection
+
+    monkeypatch.setenv("https_proxy", "http://alice:s%40cret@proxy.internal:3128")
+    monkeypatch.delenv("no_proxy", raising=False)
+    conn = KeepAliveConnection("https://api.cloudflare.com/client/v4", timeout=5, user_agent="t")._new_connection()
+    assert (conn.host, conn.port) == ("proxy.internal", 3128)
+    assert (conn._tunnel_host, conn._tunnel_port) == ("api.cloudflare.com", 443)
+    assert conn._tunnel_headers == {"Proxy-Authorization": "Basic YWxpY2U6c0BjcmV0"}  # alice:s@cret
+
+    monkeypatch.setenv("no_proxy", ".cloudflare.com")
+    direct = KeepAliveConnection("https://api.cloudflare.com/client/v4", timeout=5, user_agent="t")._new_connection()
+    assert direct.host == "api.cloudflare.com" and direct._tunnel_host is None
+
+    monkeypatch.setenv("http_proxy", "http://proxy.internal:3128")
+    local = KeepAliveConnection("http://127.0.0.1:8787/client/v4", timeout=5, user_agent="t")._new_connection()
+    assert (local.host, local.port, local._tunnel_host) == ("127.0.0.1", 8787, None)

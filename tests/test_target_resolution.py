@@ -19,7 +19,7 @@ import pytest
 
 from conftest import assert_one_error_line, raw_connect
 from d1_server import FakeD1
-from test_remote_d1 import no_proxies, write_project  # noqa: F401 (no_proxies: an autouse fixture)
+from remote_cli import no_proxies, write_project  # noqa: F401 (no_proxies: an autouse fixture)
 from wrangler_tools import BOT_TOML, D1_SUBDIR, DB_NAME, STATE_DIR, ZERO_ID
 from sessionctl.errors import (
     ConflictingTargetOptionsError,

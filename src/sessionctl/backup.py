@@ -9,14 +9,15 @@ flushed to disk and renamed, so a file is either complete or absent.
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
 from typing import IO, Collection, Iterable, Iterator
 
-from sessionctl.encoding import dumps_keeping_bytes
+from sessionctl import encoding
+from sessionctl.encoding import dumps_keeping_bytes, stored_bytes
 from sessionctl.errors import BackupError, ImportValidationError
 from sessionctl.names import TABLE
 from sessionctl.repository import COLUMNS, raw_row_problem
@@ -76,7 +77,8 @@ def write_rows_file(rows: Iterable[Row], path: Path, *, overwrite: bool = False)
         raise BackupError(f"{path} already exists; not overwriting it (choose another file)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        _remove_stale_temporaries(path)
+        fd, tmp_name = tempfile.mkstemp(prefix=_temporary_prefix(path, os.getpid()), dir=path.parent)
     except OSError as exc:
         raise BackupError(f"cannot write {path}: {exc.strerror}") from None
     try:
@@ -103,6 +105,54 @@ def write_rows_file(rows: Iterable[Row], path: Path, *, overwrite: bool = False)
     return written
 
 
+def write_text_file(path: Path, text: str) -> None:
+    """Write a small text file (a rollback's restore command) that must not replace another."""
+    try:
+        with open(path, "x", encoding="utf-8", newline="\n") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+    except FileExistsError:
+        raise BackupError(f"{path} already exists; not overwriting it (choose another file)") from None
+    except OSError as exc:
+        raise BackupError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _temporary_prefix(path: Path, pid: int) -> str:
+    return f".{path.name}.{pid}."
+
+
+# ".<file name>.<pid>.<8 characters of mkstemp>": what write_rows_file writes first.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]{8}$")
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove what killed runs left half-written in ``path``'s folder (temporaries named with
+    their process id): a process that no longer exists will never finish or remove them."""
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        match = _TEMPORARY.match(name)
+        if match is None or _alive(int(match.group("pid"))):
+            continue
+        try:
+            os.unlink(path.parent / name)
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, owned by someone else
+        return True
+    return True
+
+
 def _fsync_folder(folder: Path) -> None:
     """Make the new name durable, not only the file's bytes."""
     try:
@@ -122,20 +172,31 @@ def read_rows(lines: Iterable[str], source: str, extra: Collection[str] = ()) ->
 
     ``extra``: the columns the target table has beyond 003's (see ``extra_columns``).
     """
-    seen: dict[str, int] = {}
+    seen: dict[bytes, int] = {}
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = encoding.loads(line)
         except ValueError as exc:
             raise ImportValidationError(
                 f"{source}:{lineno}: not valid JSON ({getattr(exc, 'msg', exc)}); nothing was imported"
             ) from None
         problem = raw_row_problem(row, extra)
-        if problem is None and row["user_id"] in seen:
-            problem = f"user_id {row['user_id']!r} also on line {seen[row['user_id']]}"
+        # Compared as stored: "é" and the escaped bytes "\udcc3\udca9" are the same user.
+        key = None if problem is not None else stored_bytes(row["user_id"])
+        if problem is None and key in seen:
+            problem = f"user_id {row['user_id']!r} also on line {seen[key]}"
         if problem is not None:
             raise ImportValidationError(f"{source}:{lineno}: {problem}; nothing was imported")
-        seen[row["user_id"]] = lineno
-        yield row
+        seen[key] = lineno
+        yield SourcedRow(row, source=source, line=lineno)
+
+
+class SourcedRow(dict):
+    """A row read from a file, remembering where (so a later refusal can name FILE:LINE)."""
+
+    def __init__(self, row: Row, *, source: str, line: int):
+        super().__init__(row)
+        self.source = source
+        self.line = line

@@ -12,6 +12,10 @@ five statuses and nothing else, and cleanup's query is planned on an index led b
 Ledger rows without a file (a bot's 001/002 applied by wrangler from another
 checkout) cannot be replayed: what only they could explain is reported as "cannot
 be judged here", never as a failure.
+
+What is read from the target is read up front, in two requests (``read_target``):
+``sqlite_master``, then the ledger, the checksums, each table's and index's columns
+and cleanup's query plan in one ``query_many``. Everything else happens in memory.
 """
 
 from __future__ import annotations
@@ -21,10 +25,21 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from sessionctl.errors import ConstraintError
-from sessionctl.migrations import MigrationEngine, Replay, SchemaObject, State, schema_objects
+from sessionctl.migrations import (
+    MASTER_SQL,
+    LedgerState,
+    MigrationEngine,
+    Replay,
+    SchemaObject,
+    State,
+    ledger_reads,
+    ledger_state,
+    schema_objects,
+    schema_objects_in,
+)
 from sessionctl.names import SESSIONS_MIGRATION, TABLE
 from sessionctl.repository import CLEANUP_SELECT_SQL, STATUSES
-from sessionctl.targets.base import Database
+from sessionctl.targets.base import Database, Row, Statement
 from sessionctl.targets.sqlite_file import open_memory_database
 
 NOT_JUDGED = "cannot be judged here"
@@ -42,19 +57,63 @@ class Check:
 
 
 def run_checks(engine: MigrationEngine) -> list[Check]:
-    """Every check verify reports, in order. Never writes to the target."""
-    checks = _ledger_checks(engine)
-    checks += _schema_checks(engine)
-    checks += _sessions_table_checks(engine)
+    """Every check verify reports, in order. Never writes to the target; reads it in two requests."""
+    target = read_target(engine)
+    checks = _ledger_checks(engine, target)
+    checks += _schema_checks(engine, target)
+    checks += _sessions_table_checks(target)
     return checks
+
+
+@dataclass
+class TargetSchema:
+    """What verify reads from the target, all of it before judging anything."""
+
+    objects: dict[str, SchemaObject]  # the bot's own objects
+    ledger: LedgerState
+    columns: dict[str, list[Row]]  # table -> PRAGMA table_info
+    index_columns: dict[str, list[Row]]  # index -> PRAGMA index_info
+    sessions_sql: str | None  # server_sessions' CREATE TABLE, if the table exists
+    cleanup_plan: list[Row]  # EXPLAIN QUERY PLAN of cleanup's query (empty without the table)
+
+
+def read_target(engine: MigrationEngine) -> TargetSchema:
+    """Read what verify judges: ``sqlite_master``, then everything else in one ``query_many``."""
+    db = engine.db
+    (master,) = db.query_many([Statement(MASTER_SQL)])
+    objects = schema_objects_in(master, engine.ledger)
+    tables = {row["name"] for row in master if row["type"] == "table"}
+    sessions = next((row["sql"] for row in master if row["type"] == "table" and row["name"] == TABLE), None)
+    described = [name for name, obj in objects.items() if obj.type in ("table", "index")]
+    ledger_part = ledger_reads(engine.ledger, tables)
+    info_part = [Statement(f'PRAGMA {_INFO[objects[name].type]}("{_quoted(name)}")') for name in described]
+    plan_part = [Statement(f"EXPLAIN QUERY PLAN {CLEANUP_SELECT_SQL}", (0, 1))] if sessions is not None else []
+    reads = [*ledger_part, *info_part, *plan_part]
+    answers = db.query_many(reads) if reads else []
+    infos = dict(zip(described, answers[len(ledger_part): len(ledger_part) + len(info_part)]))
+    return TargetSchema(
+        objects=objects,
+        ledger=ledger_state(engine.ledger, tables, answers[: len(ledger_part)]),
+        columns={name: rows for name, rows in infos.items() if objects[name].type == "table"},
+        index_columns={name: rows for name, rows in infos.items() if objects[name].type == "index"},
+        sessions_sql=sessions,
+        cleanup_plan=answers[-1] if plan_part else [],
+    )
+
+
+_INFO = {"table": "table_info", "index": "index_info"}
+
+
+def _quoted(name: str) -> str:
+    return name.replace('"', '""')
 
 
 # -- the ledger ------------------------------------------------------------------------
 
 
-def _ledger_checks(engine: MigrationEngine) -> list[Check]:
+def _ledger_checks(engine: MigrationEngine, target: TargetSchema) -> list[Check]:
     ledger = engine.ledger
-    states = {state.name: state for state in engine.status()}
+    states = {state.name: state for state in engine.status(target.ledger)}
     state = states.get(SESSIONS_MIGRATION)
     if state is None or state.state is State.PENDING:
         first = Check("ledger", False, f"{ledger} does not record {SESSIONS_MIGRATION}")
@@ -83,17 +142,17 @@ def _ledger_checks(engine: MigrationEngine) -> list[Check]:
 # -- the schema the applied migrations build -------------------------------------------
 
 
-def _schema_checks(engine: MigrationEngine) -> list[Check]:
-    replay = engine.replay(engine.applied_names())
+def _schema_checks(engine: MigrationEngine, target: TargetSchema) -> list[Check]:
+    replay = engine.replay(engine.applied_names(target.ledger))
     try:
-        return _compare(engine, replay)
+        return _compare(engine, replay, target)
     finally:
         replay.close()
 
 
-def _compare(engine: MigrationEngine, replay: Replay) -> list[Check]:
+def _compare(engine: MigrationEngine, replay: Replay, target: TargetSchema) -> list[Check]:
     expected = schema_objects(replay.db, engine.ledger)
-    actual = schema_objects(engine.db, engine.ledger)
+    actual = target.objects
     checks: list[Check] = []
     if replay.stopped_at is not None and engine.file(replay.stopped_at) is not None:
         # A file that is in the ledger but fails when replayed: the target cannot be judged past it.
@@ -104,11 +163,12 @@ def _compare(engine: MigrationEngine, replay: Replay) -> list[Check]:
         if got is None:
             checks.append(Check(want.label, False, f"missing: the applied migrations create it ({_show(want)})"))
         elif (got.type, got.table, got.normalised_sql) != (want.type, want.table, want.normalised_sql):
-            difference = _column_difference(replay.db, engine.db, name) if want.type == got.type == "table" else ""
+            difference = (_column_difference(replay.db, target.columns.get(name, []), name)
+                          if want.type == got.type == "table" else "")
             checks.append(Check(want.label, False, difference or
                                 f"defined differently: expected {_show(want)}, found {_show(got)}"))
         else:
-            checks.append(Check(want.label, True, _summary(engine, got)))
+            checks.append(Check(want.label, True, _summary(target, got)))
     for name, got in actual.items():
         if name in expected:
             continue
@@ -120,8 +180,7 @@ def _compare(engine: MigrationEngine, replay: Replay) -> list[Check]:
     return checks
 
 
-def _columns(db: Database, table: str) -> dict[str, tuple]:
-    rows = db.query(f'PRAGMA table_info("{table}")')
+def _columns(rows: list[Row]) -> dict[str, tuple]:
     return {r["name"]: (r["name"], str(r["type"]).upper(), bool(r["notnull"]), int(r["pk"])) for r in rows}
 
 
@@ -130,9 +189,11 @@ def _describe_column(column: tuple) -> str:
     return f"{name} {type_}" + (" NOT NULL" if notnull else "") + (" PK" if pk else "")
 
 
-def _column_difference(expected_db: Database, actual_db: Database, table: str) -> str:
-    """Column by column, what the target's table lacks, adds or defines otherwise ("" if nothing)."""
-    want, got = _columns(expected_db, table), _columns(actual_db, table)
+def _column_difference(expected_db: Database, actual: list[Row], table: str) -> str:
+    """Column by column, what the target's table (``actual``: its table_info) lacks, adds or
+    defines otherwise ("" if nothing)."""
+    want = _columns(expected_db.query(f'PRAGMA table_info("{_quoted(table)}")'))
+    got = _columns(actual)
     problems = [f"missing {name}" for name in want if name not in got]
     problems += [f"unexpected {name}" for name in got if name not in want]
     problems += [f"{name} is {_describe_column(got[name])}, expected {_describe_column(want[name])}"
@@ -145,33 +206,30 @@ def _show(obj: SchemaObject, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _summary(engine: MigrationEngine, obj: SchemaObject) -> str:
+def _summary(target: TargetSchema, obj: SchemaObject) -> str:
     if obj.type == "table":
-        columns = engine.db.query(f'PRAGMA table_info("{obj.name}")')
-        return f"as the applied migrations build it ({len(columns)} columns)"
+        return f"as the applied migrations build it ({len(target.columns.get(obj.name, []))} columns)"
     if obj.type == "index":
-        columns = engine.db.query(f'PRAGMA index_info("{obj.name}")')
-        return f"as the applied migrations build it, on {obj.table}({', '.join(c['name'] for c in columns)})"
+        columns = target.index_columns.get(obj.name, [])
+        return f"as the applied migrations build it, on {obj.table}({', '.join(str(c['name']) for c in columns)})"
     return f"as the applied migrations build it, on {obj.table}"
 
 
 # -- migration 003's own promises --------------------------------------------------------
 
 
-def _sessions_table_checks(engine: MigrationEngine) -> list[Check]:
-    table = engine.db.query("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,))
-    if not table:
+def _sessions_table_checks(target: TargetSchema) -> list[Check]:
+    if target.sessions_sql is None:
         return [Check("status check", False, f"no table {TABLE} to check"),
                 Check("cleanup uses index", False, f"no table {TABLE} to plan against")]
-    accepted, rejected = _status_check_behaviour(table[0]["sql"])
+    accepted, rejected = _status_check_behaviour(target.sessions_sql)
     ok = accepted == list(STATUSES)
     checks = [Check(
         "status check", ok,
         f"CHECK accepts the {len(STATUSES)} statuses, rejects {', '.join(map(repr, rejected))}" if ok
         else f"CHECK accepts {accepted}; expected exactly {list(STATUSES)}",
     )]
-    plan = engine.db.query(f"EXPLAIN QUERY PLAN {CLEANUP_SELECT_SQL}", (0, 1))
-    steps = " / ".join(str(row.get("detail")) for row in plan)
+    steps = " / ".join(str(row.get("detail")) for row in target.cleanup_plan)
     # An index led by expires_at: 003's own, or one a later migration re-created with more columns.
     uses = re.search(r"USING (?:COVERING )?INDEX \S+ \(expires_at[<>=]", steps) is not None
     checks.append(Check("cleanup uses index", uses,

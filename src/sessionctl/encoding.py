@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import os
 import re
 from typing import Any, Callable
 
@@ -47,6 +49,11 @@ def has_lone_surrogates(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+def stored_bytes(text: str) -> bytes:
+    """The bytes SQLite keeps for ``text`` (see :func:`storable_text`): equal bytes, equal value."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def storable_text(text: str) -> str | bytes:
@@ -93,14 +100,65 @@ def _text_and_ascii(indent: int | None, str_fallback: bool) -> tuple[_Encode, _E
     """The two encoders of one keeping-bytes form: text as text, and ASCII-only."""
     default = str if str_fallback else None
     return (
-        json.JSONEncoder(ensure_ascii=False, indent=indent, default=default).encode,
-        json.JSONEncoder(ensure_ascii=True, indent=indent, default=default).encode,
+        _finite_only(json.JSONEncoder(ensure_ascii=False, indent=indent, default=default, allow_nan=False).encode),
+        _finite_only(json.JSONEncoder(ensure_ascii=True, indent=indent, default=default, allow_nan=False).encode),
     )
+
+
+def _finite_only(encode: _Encode) -> _Encode:
+    """``encode``, writing an infinite REAL as ``1e999`` / ``-1e999`` instead of ``Infinity``.
+
+    ``Infinity`` and ``NaN`` are not JSON: jq, JSON.parse and most readers refuse them.
+    ``1e999`` is a JSON number that JSON.parse and Python both read back as infinity, so a
+    value SQLite stores (it has no NaN: it stores NULL) survives an export.
+    """
+
+    def encode_finite(value: Any) -> str:
+        try:
+            return encode(value)
+        except ValueError as exc:
+            if "Out of range float" not in str(exc):
+                raise
+        token = f"non-finite-{os.urandom(8).hex()}"
+        text = encode(_replace_non_finite(value, token))
+        return text.replace(f'"{token}+"', "1e999").replace(f'"{token}-"', "-1e999")
+
+    return encode_finite
+
+
+def _replace_non_finite(value: Any, token: str) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else f"{token}{'+' if value > 0 else '-'}"
+    if isinstance(value, dict):
+        return {key: _replace_non_finite(item, token) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_replace_non_finite(item, token) for item in value]
+    return value
 
 
 # Looked up once: export encodes every row of a table with the first, listings with the second.
 _LINE = _text_and_ascii(None, False)
 _OUTPUT_LINE = _text_and_ascii(None, True)
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads``, with a value nested too deeply for Python's recursion (about 1,000
+    levels: still valid JSON) refused as ValueError like any other bad JSON, instead of a
+    RecursionError that would stop a listing, an import or the agent's ``get``."""
+    try:
+        return _DECODER.decode(text if isinstance(text, str) else text.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's json reads NaN, Infinity and -Infinity; JSON.parse (the bot) refuses them.
+    raise ValueError(f"{name} is not JSON")
+
+
+# Built once: json.loads with an option builds a new decoder on every call (the agent's get
+# decodes three columns per call).
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def dumps_like_json_stringify(value: Any) -> str:
@@ -115,6 +173,8 @@ def dumps_like_json_stringify(value: Any) -> str:
     """
     try:
         text = _STRINGIFY(value)
+    except RecursionError:
+        raise ValueError("nested too deeply to store as JSON") from None
     except ValueError as exc:
         if "Out of range float" not in str(exc):
             raise

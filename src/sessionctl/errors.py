@@ -55,6 +55,56 @@ class ReadOnlyDatabaseError(DatabaseUnavailableError):
     pass
 
 
+# -- remote D1: what an answer, or its absence, means -------------------------------
+
+
+class CredentialsRefusedError(DatabaseUnavailableError):
+    """The Cloudflare API refused the token (HTTP ``status``, Cloudflare ``code``)."""
+
+    def __init__(self, message: str, *, status: int, code: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class RateLimitedError(DatabaseUnavailableError):
+    """The Cloudflare API is rate limiting this token or account; the request was not executed.
+
+    ``retry_after_s`` is the wait the API asked for (None when it named none). sessionctl
+    sleeps through a short wait itself; a long one (the account-wide block lasts up to five
+    minutes) is reported at once, never slept through silently.
+    """
+
+    def __init__(self, retry_after_s: float | None, *, code: int | None = None):
+        wait = f"retry after {retry_after_s:g} s" if retry_after_s is not None else "retry later"
+        super().__init__(f"rate limited: {wait} (the Cloudflare API answered 429"
+                         + (f", code {code}" if code is not None else "") + "; nothing was executed)")
+        self.retry_after_s = retry_after_s
+        self.code = code
+
+
+class OutcomeUnknownError(DatabaseUnavailableError):
+    """A write reached D1 and no answer says whether it ran (the connection was lost, D1
+    failed or reset mid-request): it may or may not have been applied. Never sent again."""
+
+    def __init__(self, message: str, *, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class RequestTooLargeError(SessionctlError, ValueError):
+    """Something to be sent is over a limit of the target; nothing was sent.
+
+    ``what`` names it (a value's parameter, a migration file), ``size`` and ``limit`` are bytes.
+    """
+
+    def __init__(self, message: str, *, what: str, size: int, limit: int):
+        super().__init__(message)
+        self.what = what
+        self.size = size
+        self.limit = limit
+
+
 # -- a statement failed ------------------------------------------------------------
 
 
@@ -145,6 +195,31 @@ class UnknownChoiceError(UsageError, ValueError):
 
 class RefusedError(SessionctlError):
     """A destructive command was not confirmed."""
+
+
+class NoRestorePointError(RefusedError):
+    """A remote rollback could not take its Time Travel bookmark, so it dropped nothing.
+
+    ``reason`` says why. ``roll_back(..., require_bookmark=False)`` drops without one.
+    """
+
+    REMEDY = "require_bookmark=False drops without one"
+
+    def __init__(self, reason: str):
+        super().__init__(f"no Time Travel bookmark could be taken ({reason}), so nothing was dropped: "
+                         f"without one the rollback could not be undone on D1 ({self.REMEDY})")
+        self.reason = reason
+
+
+class PatternTooLongError(UsageError):
+    """A LIKE/GLOB pattern longer than D1 accepts (``limit`` bytes); ``field`` names the parameter."""
+
+    def __init__(self, field: str, pattern: str, *, size: int, limit: int):
+        super().__init__(f"{field} {pattern[:60]!r} is a {size}-byte pattern; D1 refuses LIKE/GLOB patterns "
+                         f"over {limit} bytes (nothing was sent)")
+        self.field = field
+        self.size = size
+        self.limit = limit
 
 
 class ImportValidationError(SessionctlError):

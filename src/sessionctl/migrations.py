@@ -8,11 +8,17 @@ applied. wrangler keeps no checksums; sessionctl keeps them in a table of its ow
 Files are found, ordered and read exactly as wrangler reads them
 (``sessionctl.wrangler_sql``): the same statements reach the engine, comments
 stripped, a ``BEGIN TRANSACTION;``/``COMMIT;`` wrapper removed, wrangler's own
-ledger INSERT last. Each file is applied as ONE batch -- its statements, its
+ledger INSERT last. Each file is applied as ONE transaction -- its statements, its
 ledger row, its checksum -- so the file and its ledger row commit together or
-not at all. A second ``migrate`` racing this one fails on the ledger's UNIQUE
-name (or on the file's own objects, already there) and its batch rolls back;
-finding the name in the ledger then tells it the file was applied meanwhile.
+not at all. Remote D1 gets it as ONE ``sql`` text (the statements joined with
+``;``, the checksum written in as literals), the form D1 documents as one
+transaction and the one wrangler sends. A second ``migrate`` racing this one
+fails on the ledger's UNIQUE name (or on the file's own objects, already there)
+and its transaction rolls back; finding the name in the ledger then tells it the
+file was applied meanwhile.
+
+Reading where things stand costs at most two requests: which of the two tables
+exist, then both of them in one ``query_many``.
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ from sessionctl.errors import (
     MigrationFailedError,
     MigrationsDirError,
     ModifiedMigrationError,
+    RequestTooLargeError,
     SQLError,
 )
-from sessionctl.names import CHECKSUM_TABLE, DEFAULT_LEDGER
-from sessionctl.targets.base import Database, Statement
+from sessionctl.names import CHECKSUM_TABLE, DEFAULT_LEDGER, IMPORT_STAGING_PREFIX
+from sessionctl.targets.base import Database, Row, Statement, inline
 from sessionctl.wrangler_sql import (
     SeveralTransactionsError,
     SqlStatement,
@@ -193,28 +200,60 @@ def table_exists(db: Database, table: str) -> bool:
     return bool(rows)
 
 
+_TABLES_SQL = "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN (?, ?)"
+
+
+@dataclass(frozen=True)
+class LedgerState:
+    """What the ledger and the checksum table hold (each empty when its table is missing)."""
+
+    ledger_exists: bool
+    applied: dict[str, str]  # name -> applied_at, in the order they were applied
+    checksums: dict[str, str]  # name -> sha256
+
+
+def ledger_reads(table: str, tables: set[str]) -> list[Statement]:
+    """The reads of the ledger and checksum table, for those of them in ``tables`` (which exist)."""
+    reads = []
+    if table in tables:
+        reads.append(Statement(f"SELECT name, applied_at FROM {table} ORDER BY id"))
+    if CHECKSUM_TABLE in tables:
+        reads.append(Statement(f"SELECT name, sha256 FROM {CHECKSUM_TABLE} WHERE ledger = ?", (table,)))
+    return reads
+
+
+def ledger_state(table: str, tables: set[str], answers: list[list[Row]]) -> LedgerState:
+    """The LedgerState from the answers to ``ledger_reads(table, tables)``, in their order."""
+    answers = list(answers)
+    applied = {row["name"]: row["applied_at"] for row in answers.pop(0)} if table in tables else {}
+    checksums = {row["name"]: row["sha256"] for row in answers.pop(0)} if CHECKSUM_TABLE in tables else {}
+    return LedgerState(table in tables, applied, checksums)
+
+
+def read_ledger_state(db: Database, table: str = DEFAULT_LEDGER) -> LedgerState:
+    """The ledger and the checksums, in at most two requests (one when neither table exists)."""
+    check_table_name(table)
+    (present,) = db.query_many([Statement(_TABLES_SQL, (table, CHECKSUM_TABLE))])
+    tables = {row["name"] for row in present}
+    reads = ledger_reads(table, tables)
+    return ledger_state(table, tables, db.query_many(reads) if reads else [])
+
+
 def read_ledger(db: Database, table: str = DEFAULT_LEDGER) -> dict[str, str]:
     """``{name: applied_at}`` for every ledger row, in the order they were applied."""
-    check_table_name(table)
-    if not table_exists(db, table):
-        return {}
-    rows = db.query(f"SELECT name, applied_at FROM {table} ORDER BY id")
-    return {row["name"]: row["applied_at"] for row in rows}
+    return read_ledger_state(db, table).applied
 
 
 def read_checksums(db: Database, table: str = DEFAULT_LEDGER) -> dict[str, str]:
-    if not table_exists(db, CHECKSUM_TABLE):
-        return {}
-    rows = db.query(f"SELECT name, sha256 FROM {CHECKSUM_TABLE} WHERE ledger = ?", (table,))
-    return {row["name"]: row["sha256"] for row in rows}
+    return read_ledger_state(db, table).checksums
 
 
 def migration_status(
-    db: Database, files: list[MigrationFile], table: str = DEFAULT_LEDGER
+    db: Database, files: list[MigrationFile], table: str = DEFAULT_LEDGER, state: LedgerState | None = None
 ) -> list[MigrationState]:
-    """Every migration known to the folder or the ledger, with its state."""
-    ledger = read_ledger(db, table)
-    checksums = read_checksums(db, table)
+    """Every migration known to the folder or the ledger, with its state (``state``: already read)."""
+    state = state or read_ledger_state(db, table)
+    ledger, checksums = state.applied, state.checksums
     states = []
     for migration in files:
         if migration.name not in ledger:
@@ -225,8 +264,8 @@ def migration_status(
             checksum = Checksum.UNRECORDED
         else:
             checksum = Checksum.MATCH if recorded == migration.sha256 else Checksum.MISMATCH
-        state = State.MODIFIED if checksum is Checksum.MISMATCH else State.APPLIED
-        states.append(MigrationState(migration.name, state, ledger[migration.name], checksum))
+        state_of = State.MODIFIED if checksum is Checksum.MISMATCH else State.APPLIED
+        states.append(MigrationState(migration.name, state_of, ledger[migration.name], checksum))
     on_disk = {migration.name for migration in files}
     for name, applied_at in ledger.items():
         if name not in on_disk:
@@ -234,12 +273,19 @@ def migration_status(
     return states
 
 
-def unrecord_statements(db: Database, names: list[str], table: str = DEFAULT_LEDGER) -> list[Statement]:
+def unrecord_statements(db: Database, names: list[str], table: str = DEFAULT_LEDGER,
+                        state: LedgerState | None = None) -> list[Statement]:
     """The statements that forget ``names`` in the ledger and the checksum table (where they exist)."""
+    if state is None:
+        (present,) = db.query_many([Statement(_TABLES_SQL, (table, CHECKSUM_TABLE))])
+        tables = {row["name"] for row in present}
+    else:
+        tables = {table} if state.ledger_exists else set()
+        tables |= {CHECKSUM_TABLE} if state.checksums else set()
     statements = []
-    if table_exists(db, table):
+    if table in tables:
         statements += [Statement(f"DELETE FROM {table} WHERE name = ?", (name,)) for name in names]
-    if table_exists(db, CHECKSUM_TABLE):
+    if CHECKSUM_TABLE in tables:
         statements += [
             Statement(f"DELETE FROM {CHECKSUM_TABLE} WHERE ledger = ? AND name = ?", (table, name))
             for name in names
@@ -271,22 +317,26 @@ def ledger_statements(table: str) -> list[Statement]:
 
 
 def plan_statements(migration: MigrationFile, table: str) -> list[Statement]:
-    """The one batch that applies ``migration``: its statements, its ledger row, its checksum."""
+    """The one transaction that applies ``migration``: its statements, its ledger row, its checksum.
+
+    No parameters (the checksum row's values are written in as literals): remote D1 takes
+    the whole as one ``sql`` text, which may carry parameters only on its last statement.
+    """
     return [
         *ledger_statements(table),
         *(Statement(statement.sql, from_user=True) for statement in migration.statements_for(table)),
-        Statement(
+        inline(Statement(
             f"INSERT OR REPLACE INTO {CHECKSUM_TABLE} (ledger, name, sha256) VALUES (?, ?, ?)",
             (table, migration.name, migration.sha256),
-        ),
+        )),
     ]
 
 
 def pending_migrations(
-    db: Database, files: list[MigrationFile], table: str = DEFAULT_LEDGER
+    db: Database, files: list[MigrationFile], table: str = DEFAULT_LEDGER, state: LedgerState | None = None
 ) -> list[MigrationFile]:
     """The files not in the ledger; raises ModifiedMigrationError if an applied file changed."""
-    states = {state.name: state for state in migration_status(db, files, table)}
+    states = {s.name: s for s in migration_status(db, files, table, state)}
     modified = [name for name, state in states.items() if state.state is State.MODIFIED]
     if modified:
         raise ModifiedMigrationError(modified)
@@ -302,22 +352,33 @@ def apply_migrations(
     leaves nothing of itself behind and the files before it stay applied.
     """
     check_table_name(table)
-    pending = {migration.name: migration for migration in pending_migrations(db, files, table)}
-    if not table_exists(db, table):
+    state = read_ledger_state(db, table)
+    pending = {migration.name: migration for migration in pending_migrations(db, files, table, state)}
+    if not state.ledger_exists and pending:
         db.batch(ledger_statements(table))
     for name in wrangler_order(list(pending)):
         migration = pending[name]
         statements = plan_statements(migration, table)
         try:
-            db.batch(statements)
+            db.script(statements)
+        except RequestTooLargeError as exc:
+            raise MigrationFailedError(
+                migration.name,
+                f"it is {exc.size:,} bytes of SQL with its ledger row, and D1 takes at most {exc.limit:,} "
+                "in the one request that applies a file whole; split it into smaller migrations") from None
         except SQLError as exc:
-            if migration.name in read_ledger(db, table):
-                # Another migrate committed this file first: our batch failed on its
+            if _recorded(db, table, migration.name):
+                # Another migrate committed this file first: our transaction failed on its
                 # ledger row (or on its objects) and rolled back.
                 yield ApplyOutcome(migration.name, Outcome.APPLIED_CONCURRENTLY)
                 continue
             raise MigrationFailedError(migration.name, str(exc), _failed_line(exc, migration, table)) from exc
         yield ApplyOutcome(migration.name, Outcome.APPLIED)
+
+
+def _recorded(db: Database, table: str, name: str) -> bool:
+    # The ledger exists by now (it is created before the first file): one read.
+    return bool(db.query(f"SELECT 1 AS x FROM {table} WHERE name = ?", (name,)))
 
 
 def _failed_line(exc: SQLError, migration: MigrationFile, table: str) -> int | None:
@@ -352,12 +413,16 @@ class MigrationEngine:
     def file(self, name: str) -> MigrationFile | None:
         return next((migration for migration in self.files if migration.name == name), None)
 
-    def status(self) -> list[MigrationState]:
-        return migration_status(self.db, self.files, self.ledger)
+    def ledger_state(self) -> LedgerState:
+        """The ledger and the checksums, read in at most two requests."""
+        return read_ledger_state(self.db, self.ledger)
 
-    def applied_names(self) -> list[str]:
+    def status(self, state: LedgerState | None = None) -> list[MigrationState]:
+        return migration_status(self.db, self.files, self.ledger, state)
+
+    def applied_names(self, state: LedgerState | None = None) -> list[str]:
         """The ledger's names, in the order they were applied."""
-        return list(read_ledger(self.db, self.ledger))
+        return list((state or self.ledger_state()).applied)
 
     def pending(self) -> list[MigrationFile]:
         return pending_migrations(self.db, self.files, self.ledger)
@@ -368,8 +433,8 @@ class MigrationEngine:
     def apply(self) -> Iterable[ApplyOutcome]:
         return apply_migrations(self.db, self.files, self.ledger)
 
-    def unrecord_statements(self, names: list[str]) -> list[Statement]:
-        return unrecord_statements(self.db, names, self.ledger)
+    def unrecord_statements(self, names: list[str], state: LedgerState | None = None) -> list[Statement]:
+        return unrecord_statements(self.db, names, self.ledger, state)
 
     def replay(self, names: list[str]) -> "Replay":
         """Apply the files ``names`` in order to a new in-memory database, as ``migrate`` would.
@@ -413,12 +478,15 @@ class Replay:
 
 
 # What a schema is made of, for comparing two: user objects only. SQLite's own (sqlite_*),
-# D1's (_cf_*), the ledger and sessionctl's checksums are bookkeeping, not the bot's schema.
+# D1's (_cf_*), the ledger, sessionctl's checksums and an import's staging table are
+# bookkeeping, not the bot's schema.
 _SCHEMA_SQL = (
     "SELECT type, name, tbl_name, sql FROM sqlite_master "
     "WHERE lower(substr(name, 1, 7)) != 'sqlite_' AND substr(name, 1, 4) != '_cf_' "
+    f"AND substr(name, 1, {len(IMPORT_STAGING_PREFIX)}) != '{IMPORT_STAGING_PREFIX}' "
     "AND name NOT IN (?, ?) ORDER BY type, name"
 )
+MASTER_SQL = "SELECT type, name, tbl_name, sql FROM sqlite_master"
 
 
 @dataclass(frozen=True)
@@ -442,6 +510,15 @@ class SchemaObject:
 
 
 def schema_objects(db: Database, ledger: str = DEFAULT_LEDGER) -> dict[str, SchemaObject]:
-    """The database's own objects by name (no sqlite_*, _cf_*, ledger or checksum table)."""
+    """The database's own objects by name (no sqlite_*, _cf_*, ledger, checksum or staging table)."""
     rows = db.query(_SCHEMA_SQL, (ledger, CHECKSUM_TABLE))
     return {row["name"]: SchemaObject(row["type"], row["name"], row["tbl_name"], row["sql"]) for row in rows}
+
+
+def schema_objects_in(master: list[Row], ledger: str = DEFAULT_LEDGER) -> dict[str, SchemaObject]:
+    """As ``schema_objects``, from every row of ``MASTER_SQL`` already read (same rule, same order)."""
+    own = [row for row in master
+           if row["name"][:7].lower() != "sqlite_" and not row["name"].startswith("_cf_")
+           and not row["name"].startswith(IMPORT_STAGING_PREFIX) and row["name"] not in (ledger, CHECKSUM_TABLE)]
+    own.sort(key=lambda row: (row["type"], row["name"]))  # code point order is UTF-8's byte order
+    return {row["name"]: SchemaObject(row["type"], row["name"], row["tbl_name"], row["sql"]) for row in own}

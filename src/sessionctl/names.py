@@ -7,3 +7,5 @@ SESSIONS_MIGRATION = "003_server_sessions_d1.sql"
 DEFAULT_LEDGER = "d1_migrations"  # wrangler's default migrations_table
 CHECKSUM_TABLE = "sessionctl_migration_checksums"
 DEFAULT_DB_FILE = "sessions.db"  # the target when nothing else chooses one
+# An import stages its rows in a table of this name plus a run id, then merges them at once.
+IMPORT_STAGING_PREFIX = "sessionctl_import_"

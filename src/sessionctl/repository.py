@@ -17,17 +17,17 @@ No typer, no rich: this module is imported by the bot's code.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Collection, Iterable, Iterator
 
+from sessionctl import encoding
 from sessionctl.encoding import dumps_like_json_stringify, has_lone_surrogates, is_storable_text, storable_text
 from sessionctl.enums import ConflictPolicy, SessionState, SessionStatus, SortKey
-from sessionctl.errors import ConstraintError, InvalidSessionError
+from sessionctl.errors import ConstraintError, InvalidSessionError, PatternTooLongError
 from sessionctl.names import TABLE
-from sessionctl.targets.base import Database, Row, Statement
+from sessionctl.targets.base import Database, MeasuresRequests, Row, Statement, limits_of
 
 logger = logging.getLogger("sessionctl.repository")
 
@@ -113,7 +113,7 @@ def decode_json(user_id: str, column: str, text: str | None) -> Any:
         problem = "text that is not valid UTF-8"
     else:
         try:
-            value = json.loads(text)
+            value = encoding.loads(text)
         except (TypeError, ValueError):
             problem = "malformed JSON"
         else:
@@ -137,7 +137,7 @@ def decode_row(row: Row) -> tuple[Row, list[str]]:
         try:
             if has_lone_surrogates(text):
                 raise ValueError("not UTF-8")
-            out[column] = json.loads(text)
+            out[column] = encoding.loads(text)
         except ValueError:
             malformed.append(column)
     return out, malformed
@@ -232,6 +232,7 @@ def save_server_session(
         at,
         at + SESSION_TTL_MS,
     )
+    _check_stored_size(db, user_id, dict(zip(COLUMNS, params)))
     try:
         result = db.execute(_SAVE_SQL, params)
     except ConstraintError as exc:
@@ -240,6 +241,19 @@ def save_server_session(
         raise InvalidSessionError(f"session for user {user_id!r} rejected: {exc}") from exc
     created_at = result.rows[0]["created_at"] if result.rows else at
     return replace(session, created_at=created_at, updated_at=at, expires_at=at + SESSION_TTL_MS)
+
+
+def _check_stored_size(db: Database, user_id: str, row: dict[str, Any]) -> None:
+    """A row over the target's value limit (D1: 2 MB per value and per row) is refused by name."""
+    limit = limits_of(db).value_bytes
+    if limit is None or not isinstance(db, MeasuresRequests):
+        return
+    sizes = {column: db.value_bytes(value) for column, value in row.items()}
+    column = max(sizes, key=sizes.__getitem__)
+    if sum(sizes.values()) > limit:
+        raise InvalidSessionError(
+            f"session for user {user_id!r} rejected: {sum(sizes.values()):,} bytes (of which {column} "
+            f"{sizes[column]:,}); D1 stores at most {limit:,} bytes in one row. Nothing was written")
 
 
 def _invalid_status(status: object, user_id: str) -> str:
@@ -416,10 +430,45 @@ def build_list_query(query: SessionQuery, now: int) -> tuple[str, list[Any]]:
     return sql, params
 
 
+PAGE_ROWS = 1_000
+"""Rows per request where a target bounds its answers (remote D1) and more are asked for."""
+
+
 def list_sessions(db: Database, query: SessionQuery, *, now: int | None = None) -> Iterator[Row]:
-    """Stream raw rows matching ``query`` (live and/or expired), one page of it."""
-    sql, params = build_list_query(query, _now(now))
-    return db.iter_query(sql, params)
+    """Stream raw rows matching ``query`` (live and/or expired), one page of it.
+
+    On a target whose answers are bounded (remote D1) a page longer than PAGE_ROWS, or no
+    limit at all, is read in requests of PAGE_ROWS rows, each continuing after the last
+    row of the one before (keyset paging, as ``--cursor`` does).
+    """
+    _check_pattern(db, query.user_pattern)
+    at = _now(now)
+    bound = limits_of(db).response_rows
+    if bound is None or (query.limit is not None and query.limit <= bound):
+        return db.iter_query(*build_list_query(query, at))
+    return _pages(db, query, at, min(PAGE_ROWS, bound))
+
+
+def _pages(db: Database, query: SessionQuery, at: int, page: int) -> Iterator[Row]:
+    remaining = query.limit
+    while remaining is None or remaining > 0:
+        size = page if remaining is None else min(page, remaining)
+        rows = db.query(*build_list_query(replace(query, limit=size), at))
+        yield from rows
+        if len(rows) < size:
+            return
+        remaining = None if remaining is None else remaining - len(rows)
+        query = replace(query, after=cursor_for(rows[-1], query.sort))
+
+
+def _check_pattern(db: Database, pattern: str | None) -> None:
+    """A glob longer than the target's LIKE/GLOB limit is refused before it is sent."""
+    limit = limits_of(db).pattern_bytes
+    if not pattern or limit is None or not any(ch in pattern for ch in "*?[") or not isinstance(db, MeasuresRequests):
+        return
+    size = db.value_bytes(pattern)
+    if size > limit:
+        raise PatternTooLongError("user_pattern", pattern, size=size, limit=limit)
 
 
 def cursor_for(row: Row, sort: SortKey | str) -> tuple[Any, str]:
@@ -466,19 +515,23 @@ class SessionStats:
 def session_stats(db: Database, *, now: int | None = None) -> SessionStats:
     """Counts by status, live vs expired, what expires soon, oldest/newest, size."""
     at = _now(now)
-    by_status = {status: 0 for status in STATUSES}
-    for row in db.query(f"SELECT status, count(*) AS n FROM {TABLE} GROUP BY status"):
-        by_status[row["status"]] = row["n"]
-    overall = db.query(
-        f"SELECT count(*) AS total, min(created_at) AS oldest, max(updated_at) AS newest FROM {TABLE}"
-    )[0]
-    # Three range counts on the expires_at index.
-    soon = db.query(
-        f"SELECT (SELECT count(*) FROM {TABLE} WHERE expires_at > ?) AS active,"
+    # ONE statement, so every figure comes from the same snapshot: separate queries beside
+    # a writing bot could report more active sessions than there are sessions.
+    row = db.query(
+        f"SELECT (SELECT json_group_object(status, n) FROM "
+        f"        (SELECT status, count(*) AS n FROM {TABLE} GROUP BY status)) AS by_status,"
+        f" (SELECT count(*) FROM {TABLE}) AS total,"
+        f" (SELECT min(created_at) FROM {TABLE}) AS oldest,"
+        f" (SELECT max(updated_at) FROM {TABLE}) AS newest,"
+        # Three range counts on the expires_at index.
+        f" (SELECT count(*) FROM {TABLE} WHERE expires_at > ?) AS active,"
         f" (SELECT count(*) FROM {TABLE} WHERE expires_at > ? AND expires_at <= ?) AS in5,"
         f" (SELECT count(*) FROM {TABLE} WHERE expires_at > ? AND expires_at <= ?) AS in60",
         (at, at, at + 5 * 60_000, at, at + 60 * 60_000),
     )[0]
+    by_status = {status: 0 for status in STATUSES}
+    by_status.update(encoding.loads(row["by_status"] or "{}"))
+    overall = soon = row
     return SessionStats(
         total=overall["total"],
         active=soon["active"],
@@ -496,24 +549,48 @@ def session_stats(db: Database, *, now: int | None = None) -> SessionStats:
 
 CONFLICT_POLICIES = ConflictPolicy.values()
 
-# CAST(? AS TEXT): a value read back from invalid UTF-8 is bound as its bytes and stored
-# as the same TEXT it was, so a backup restores byte for byte.
-_IMPORT_VALUES = "CAST(? AS TEXT), ?, CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), ?, ?, ?"
-_UPDATE_ALL = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "user_id")
-_IMPORT_SQL = {  # keyed by ConflictPolicy, which a policy's plain string also finds
-    ConflictPolicy.SKIP: f"INSERT INTO {TABLE} ({_SELECT_COLUMNS}) VALUES ({_IMPORT_VALUES}) "
-    "ON CONFLICT(user_id) DO NOTHING",
-    ConflictPolicy.REPLACE: f"INSERT INTO {TABLE} ({_SELECT_COLUMNS}) VALUES ({_IMPORT_VALUES}) "
-    f"ON CONFLICT(user_id) DO UPDATE SET {_UPDATE_ALL}",
-    ConflictPolicy.NEWER: f"INSERT INTO {TABLE} ({_SELECT_COLUMNS}) VALUES ({_IMPORT_VALUES}) "
-    f"ON CONFLICT(user_id) DO UPDATE SET {_UPDATE_ALL} "
-    f"WHERE excluded.updated_at > {TABLE}.updated_at",
-}
-
-
 def iter_session_rows(db: Database, state: str = "all", *, now: int | None = None) -> Iterator[Row]:
-    """Every raw row (``state`` active / expired / all) in user_id order, streamed: export's source."""
-    return list_sessions(db, SessionQuery(state=state, sort="user", limit=None), now=now)
+    """Every raw row (``state`` active / expired / all) in user_id order, streamed: export's source.
+
+    Every column the table has (later migrations' too), as rollback's backup holds them.
+    Walks the primary key (``user_id > last ORDER BY user_id LIMIT n`` where answers are
+    bounded), so each page reads about as many rows as it returns.
+    """
+    at = _now(now)
+    state = SessionState.parse(state, "state")
+    # "+expires_at": the filter must not lure the planner onto the expires_at index, which
+    # would read every matching row and sort them for each page.
+    where, params = {
+        SessionState.ACTIVE: ("+expires_at > ?", (at,)),
+        SessionState.EXPIRED: ("+expires_at <= ?", (at,)),
+    }.get(state, ("", ()))
+    return iter_rows_by_key(db, "*", where, params)
+
+
+def iter_rows_by_key(db: Database, columns: str = "*", where: str = "", params: tuple = (),
+                     page_rows: int = PAGE_ROWS) -> Iterator[Row]:
+    """``SELECT columns FROM server_sessions [WHERE where] ORDER BY user_id``, streamed.
+
+    A local file streams it as one query (one snapshot); a target with bounded answers
+    (remote D1) is read a page at a time by key: ``user_id > last ... LIMIT page_rows``.
+    """
+    condition = f" AND ({where})" if where else ""
+    bound = limits_of(db).response_rows
+    if bound is None:
+        return db.iter_query(f"SELECT {columns} FROM {TABLE}{' WHERE ' + where if where else ''} "
+                             "ORDER BY user_id", params)
+    return _rows_by_key(db, columns, condition, params, min(page_rows, bound))
+
+
+def _rows_by_key(db: Database, columns: str, condition: str, params: tuple, page: int) -> Iterator[Row]:
+    sql = f"SELECT {columns} FROM {TABLE} WHERE user_id > ?{condition} ORDER BY user_id LIMIT ?"
+    last = ""  # every user_id is a non-empty string, so > '' starts at the first
+    while True:
+        rows = db.query(sql, (last, *params, page))
+        yield from rows
+        if len(rows) < page:
+            return
+        last = rows[-1]["user_id"]
 
 
 def extra_columns(db: Database) -> tuple[str, ...]:
@@ -537,6 +614,8 @@ def raw_row_problem(row: Any, extra: Collection[str] = ()) -> str | None:
             return f"{column} must be a string, a number or null, got {type(value).__name__}"
         if isinstance(value, str) and not is_storable_text(value):
             return f"{column} holds a lone surrogate, which is not storable text"
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            return f"{column} does not fit a 64-bit integer, got {value!r}"
     user_id = row.get("user_id")
     if not isinstance(user_id, str) or not user_id:
         return "user_id must be a non-empty string"
@@ -558,39 +637,17 @@ def raw_row_problem(row: Any, extra: Collection[str] = ()) -> str | None:
     return None
 
 
-def _bindable(value: Any) -> Any:
-    return storable_text(value) if isinstance(value, str) else value
-
-
-def _import_sql(on_conflict: str, extra: tuple[str, ...]) -> str:
-    """The import statement for 003's columns plus ``extra`` (later migrations' columns)."""
-    if not extra:
-        return _IMPORT_SQL[on_conflict]
-    quoted = ['"' + column.replace('"', '""') + '"' for column in extra]
-    columns = ", ".join(quoted)
-    values = ", ".join("?" for _ in extra)
-    updates = ", ".join(f"{c} = excluded.{c}" for c in quoted)
-    sql = _IMPORT_SQL[on_conflict].replace(f"({_SELECT_COLUMNS})", f"({_SELECT_COLUMNS}, {columns})", 1)
-    sql = sql.replace(f"VALUES ({_IMPORT_VALUES})", f"VALUES ({_IMPORT_VALUES}, {values})", 1)
-    return sql.replace(f"DO UPDATE SET {_UPDATE_ALL}", f"DO UPDATE SET {_UPDATE_ALL}, {updates}", 1)
-
-
 def import_session_rows(db: Database, rows: Iterable[Row], on_conflict: str = "skip") -> tuple[int, int]:
-    """Write raw rows in ONE transaction; return (written, skipped).
+    """Write raw rows all or nothing; return (written, skipped).
 
-    ``rows`` may be a generator that validates as it goes: if it raises, the
-    transaction is rolled back and nothing is written. Keys beyond 003's columns
-    (a backup of a table that later migrations widened) are written to the columns
-    of those names.
+    Rows are staged in chunks, each its own short transaction (the live table is not
+    locked meanwhile), then merged into the live table in ONE transaction (see
+    ``sessionctl.staged_import``). ``rows`` may be a generator that validates as it
+    goes: if it raises, nothing is written. Keys beyond 003's columns (a backup of a
+    table that later migrations widened) are written to the columns of those names.
+    ``on_conflict`` decides a user_id already stored: skip, replace, or newer (the
+    larger updated_at wins).
     """
-    on_conflict = ConflictPolicy.parse(on_conflict, "on_conflict")
+    from sessionctl.staged_import import import_staged
 
-    def statements() -> Iterator[Statement]:
-        for row in rows:
-            extra = tuple(key for key in row if key not in COLUMNS)
-            values = tuple(_bindable(row.get(c)) for c in COLUMNS) + tuple(_bindable(row[c]) for c in extra)
-            yield Statement(_import_sql(on_conflict, extra), values)
-
-    results = db.batch(statements())
-    written = sum(1 for result in results if result.changes)
-    return written, len(results) - written
+    return import_staged(db, rows, ConflictPolicy.parse(on_conflict, "on_conflict"), COLUMNS)

@@ -16,20 +16,27 @@ migration whose objects are gone, and never unrecords one whose objects remain.
   comparing the table's objects before and after each one, not by reading their text.
 - Later migrations that touch other tables only keep their objects, so they stay recorded.
 - The backup holds every column the table has now (later ones included), and its rows
-  restore through ``sessions import``. The drop runs in ONE batch that starts with a
-  guard: if the table changed after the backup was taken, nothing is dropped.
+  restore through ``sessions import``; it is read by key, a page per request on remote D1.
+  The drop runs in ONE transaction (on remote D1 one ``sql`` text, the form D1 documents
+  as atomic) that starts with a guard: if the table changed after the backup was taken,
+  nothing is dropped.
+- On remote D1 a Time Travel bookmark is taken after the backup and before the drop, and
+  the wrangler command that restores the whole database to it is handed to the caller
+  and written beside the backup (``<backup>.restore.txt``). Without a bookmark nothing is
+  dropped, unless the caller says so (``require_bookmark=False``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
-from sessionctl.backup import write_rows_file
-from sessionctl.errors import LaterMigrationsError, RollbackError, SQLError
+from sessionctl.backup import write_rows_file, write_text_file
+from sessionctl.errors import LaterMigrationsError, NoRestorePointError, RollbackError, SessionctlError, SQLError
 from sessionctl.migrations import MigrationEngine, SchemaObject, schema_objects, table_exists
 from sessionctl.names import INDEX, SESSIONS_MIGRATION, TABLE
-from sessionctl.targets.base import Database, Row, Statement
+from sessionctl.targets.base import Database, RestorePoint, Row, Statement, SupportsTimeTravel
 
 MIGRATION_NAME = SESSIONS_MIGRATION
 SEED_ROLLBACK_SQL = (
@@ -42,12 +49,15 @@ _FINGERPRINT_SQL = (
     f"coalesce(sum(updated_at % 1000000007), 0) AS digest FROM {TABLE}"
 )
 
-# Fails the whole batch (json() of non-JSON raises) unless the table still matches.
+# Fails the whole transaction (json() of non-JSON raises) unless the table still matches.
+# An INSERT of no row rather than a SELECT: D1 keeps a SELECT that is not the last statement
+# of a text open, and a DROP TABLE after it then fails with "database table is locked".
 _GUARD_SQL = (
-    f"SELECT CASE WHEN (SELECT count(*) FROM {TABLE}) = ? "
+    f"INSERT INTO {TABLE} (user_id) SELECT NULL WHERE "
+    f"CASE WHEN (SELECT count(*) FROM {TABLE}) = ? "
     f"AND (SELECT coalesce(max(updated_at), 0) FROM {TABLE}) = ? "
     f"AND (SELECT coalesce(sum(updated_at % 1000000007), 0) FROM {TABLE}) = ? "
-    "THEN 1 ELSE json('server_sessions changed after the backup') END AS unchanged"
+    "THEN 0 ELSE json('server_sessions changed after the backup') END"
 )
 
 
@@ -69,6 +79,8 @@ class RollbackPlan:
 class RollbackOutcome:
     rows_backed_up: int | None
     backup_path: Path | None
+    restore_point: RestorePoint | None = None  # remote D1: how to undo the whole rollback
+    restore_file: Path | None = None  # where that command was written (beside the backup)
 
 
 def _fingerprint(db: Database) -> tuple[int, int, int]:
@@ -80,15 +92,16 @@ def plan_rollback(engine: MigrationEngine, *, through_later: bool = False) -> Ro
     """What rolling back 003 means on this target now; raises LaterMigrationsError if later
     migrations changed the table and ``through_later`` is not given."""
     db = engine.db
+    state = engine.ledger_state()
     has_table = table_exists(db, TABLE)
     rows = _fingerprint(db)[0] if has_table else 0
-    applied = engine.applied_names()
+    applied = engine.applied_names(state)
     in_ledger = MIGRATION_NAME in applied
     touching, kept = later_migrations(engine, applied)
     if touching and not through_later:
         raise LaterMigrationsError(touching)
     statements = [Statement(sql) for sql in SEED_ROLLBACK_SQL]
-    statements += engine.unrecord_statements([MIGRATION_NAME, *touching])
+    statements += engine.unrecord_statements([MIGRATION_NAME, *touching], state)
     return RollbackPlan(has_table, rows, in_ledger, statements, touching, kept)
 
 
@@ -141,17 +154,46 @@ def later_migrations(engine: MigrationEngine, applied: list[str]) -> tuple[list[
     return touching, kept
 
 
+def _check_the_backup_restores(db: Database, backup_path: Path) -> None:
+    """Read the backup back exactly as ``sessions import`` will, before anything is dropped.
+
+    The table accepts values import refuses (an empty user_id, a REAL time written by hand):
+    such a backup would be a promise that cannot be kept, so the rollback stops here.
+    """
+    from sessionctl.backup import read_rows
+    from sessionctl.errors import ImportValidationError
+    from sessionctl.repository import extra_columns
+
+    try:
+        with open(backup_path, encoding="utf-8") as lines:
+            for _ in read_rows(lines, str(backup_path), extra_columns(db)):
+                pass
+    except ImportValidationError as exc:
+        reason = str(exc).removesuffix("; nothing was imported")
+        raise RollbackError(f"the backup would not restore ({reason}); nothing was dropped: "
+                            "fix that row in the table, then roll back again") from None
+
+
 def _definition(obj: SchemaObject | None) -> tuple[str, str, str] | None:
     return None if obj is None else (obj.type, obj.table, obj.normalised_sql)
 
 
-def _all_columns(db: Database) -> list[Row]:
+def _all_columns(db: Database) -> Iterator[Row]:
     """Every row with every column the table has now (later migrations' columns included)."""
-    return db.iter_query(f"SELECT * FROM {TABLE} ORDER BY user_id")  # type: ignore[return-value]
+    from sessionctl.repository import iter_rows_by_key
+
+    return iter_rows_by_key(db, "*")
 
 
-def roll_back(db: Database, plan: RollbackPlan, backup_path: Path | None) -> RollbackOutcome:
-    """Back up (unless ``backup_path`` is None), then drop in one guarded batch."""
+def roll_back(db: Database, plan: RollbackPlan, backup_path: Path | None, *, require_bookmark: bool = True,
+              on_restore_point: Callable[[RestorePoint], None] | None = None) -> RollbackOutcome:
+    """Back up (unless ``backup_path`` is None), take a Time Travel bookmark (remote D1), then
+    drop in one guarded transaction.
+
+    ``on_restore_point`` hears of the bookmark before anything is dropped (so the way back
+    is known even if the drop's answer is lost). Without a bookmark NoRestorePointError is
+    raised and nothing is dropped, unless ``require_bookmark`` is False.
+    """
     statements = list(plan.statements)
     written = None
     before = None
@@ -164,9 +206,13 @@ def roll_back(db: Database, plan: RollbackPlan, backup_path: Path | None) -> Rol
                     f"backup {backup_path} holds {written} rows but the table had {before[0]}; "
                     "the table is changing: nothing was dropped, run rollback again"
                 )
+            _check_the_backup_restores(db, backup_path)
         statements.insert(0, Statement(_GUARD_SQL, before))
+    restore, restore_file = _restore_point(db, backup_path if written is not None else None, require_bookmark)
+    if restore is not None and on_restore_point is not None:
+        on_restore_point(restore)
     try:
-        db.batch(statements)
+        db.script(statements)
     except SQLError as exc:
         if before is not None and _fingerprint(db) != before:
             raise RollbackError(
@@ -174,4 +220,32 @@ def roll_back(db: Database, plan: RollbackPlan, backup_path: Path | None) -> Rol
                 "(run rollback again)"
             ) from exc
         raise RollbackError(f"rollback failed, nothing was dropped: {exc}") from exc
-    return RollbackOutcome(written, backup_path if written is not None else None)
+    return RollbackOutcome(written, backup_path if written is not None else None, restore, restore_file)
+
+
+def _restore_point(db: Database, backup_path: Path | None,
+                   required: bool) -> tuple[RestorePoint | None, Path | None]:
+    """The bookmark to undo the drop with, written beside the backup; (None, None) locally."""
+    if not isinstance(db, SupportsTimeTravel):
+        return None, None
+    try:
+        point = db.restore_point()
+    except SessionctlError as exc:
+        if required:
+            raise NoRestorePointError(str(exc)) from exc
+        return None, None
+    if backup_path is None:
+        return point, None
+    path = Path(f"{backup_path}.restore.txt")
+    write_text_file(path, restore_note(point, getattr(db, "description", "")))
+    return point, path
+
+
+def restore_note(point: RestorePoint, target: str) -> str:
+    """What ``<backup>.restore.txt`` says: where it came from, and the one command that goes back."""
+    return (
+        f"# sessionctl rollback of {TABLE} on {target}\n"
+        f"# Time Travel bookmark taken at {point.taken_at}, after this backup and before anything was dropped.\n"
+        "# This command puts the WHOLE database back to that moment (later writes are undone too):\n"
+        f"{point.command}\n"
+    )

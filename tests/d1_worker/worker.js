@@ -12,7 +12,7 @@
 // response_bytes, rows (returned), statements (sql strings or batch items); counts by_path
 // ("POST /client/v4/..."), by_endpoint ("query", "raw", "time_travel/bookmark", ...) and
 // by_status; the bookmarks restored; and a log entry per request with each of those and the SQL
-// texts. Never a header, so never the token.
+// texts. Of the headers only the User-Agent, so never the token.
 //
 // What the binding gives, and so what this answers (checked against wrangler 4.86.0):
 // - {"sql"} is ONE prepared statement: env.DB.prepare(sql).bind(...params).all(). A string of
@@ -66,7 +66,8 @@ export default {
 
     const body = new Uint8Array(await request.arrayBuffer());
     const record = { method: request.method, path: url.pathname, endpoint: null, status: 0,
-                     request_bytes: body.byteLength, response_bytes: 0, statements: 0, rows: 0, sql: [] };
+                     request_bytes: body.byteLength, response_bytes: 0, statements: 0, rows: 0, sql: [],
+                     user_agent: request.headers.get("user-agent") };
     // No connection reuse here: workerd hides the TCP connection and drops the Connection
     // header, so tests/d1_worker_server.py counts connections in a proxy in front of it.
     let status = 200;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,7 +12,15 @@ from typer.core import TyperGroup
 
 from sessionctl import __version__
 from sessionctl.cli.context import DEFAULT_DB, Settings
-from sessionctl.cli.errors import EXIT_CODES_HELP, report, report_internal, report_usage_error
+from sessionctl.cli.errors import (
+    EXIT_CODES_HELP,
+    OUTPUT_ERRNOS,
+    reader_went_away,
+    report,
+    report_internal,
+    report_output_error,
+    report_usage_error,
+)
 from sessionctl.errors import SessionctlError
 
 
@@ -34,7 +43,20 @@ class _Group(TyperGroup):
     def invoke(self, ctx: typer.Context):  # type: ignore[override]
         settings = lambda: ctx.obj if isinstance(ctx.obj, Settings) else Settings()  # noqa: E731
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            finally:
+                # Flushed here, not at exit: a full disk or a closed pipe must reach the
+                # handlers below instead of leaving a truncated output and exit 0.
+                sys.stdout.flush()
+        except BrokenPipeError:
+            raise typer.Exit(reader_went_away()) from None
+        except OSError as error:
+            if error.errno not in OUTPUT_ERRNOS:
+                if settings().debug:
+                    raise
+                raise typer.Exit(report_internal(error)) from None
+            raise typer.Exit(report_output_error(error)) from None
         except SessionctlError as error:
             raise typer.Exit(report(error, settings().debug)) from None
         except Exception as error:
@@ -77,6 +99,7 @@ def main_options(
         typer.Option(
             "--db",
             envvar="SESSIONCTL_DB",
+            readable=False,  # an unreadable file is the database's problem (exit 3), not a usage error
             help=f"SQLite database file [default: wrangler's local D1 in a wrangler project, else ./{DEFAULT_DB}]",
             show_default=False,
         ),

@@ -79,12 +79,12 @@ def _has_sessions_table(db) -> bool:
 def _roll_back(engine) -> None:
     """The one rollback, through what this run applied after 003 on the same table."""
     from sessionctl.backup import default_backup_path
-    from sessionctl.cli.schema import report_rollback
+    from sessionctl.cli.schema import report_restore_point, report_rollback
     from sessionctl.rollback import plan_rollback, roll_back
 
     print("== rollback (--rollback-on-failure)")
     plan = plan_rollback(engine, through_later=True)
-    report_rollback(plan, roll_back(engine.db, plan, default_backup_path()))
+    report_rollback(plan, roll_back(engine.db, plan, default_backup_path(), on_restore_point=report_restore_point))
 
 
 def register(app: typer.Typer) -> None:

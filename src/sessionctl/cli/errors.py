@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 import traceback
 
@@ -21,10 +23,16 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # a check failed, or the data/migration rejected the operation
 EXIT_USAGE = 2  # bad usage, or a destructive command refused
 EXIT_DATABASE = 3  # the database could not be used
+EXIT_OUTPUT_CLOSED = 141  # 128 + SIGPIPE: the reader of stdout went away (`| head`), as cat and grep exit
+
+# Writing stdout failed for a reason of the output's own: nothing the database did.
+OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
+MAX_MESSAGE_CHARS = 1000  # a server's answer or a pasted value can be megabytes: one line stays readable
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 a check or operation failed; 2 usage error or refused; "
-    "3 the database could not be used (missing, not SQLite, corrupt, locked, read-only)."
+    "3 the database could not be used (missing, not SQLite, corrupt, locked, read-only); "
+    "141 the reader of the output went away (e.g. | head), nothing printed about it."
 )
 
 _EXIT_CODES: tuple[tuple[type[SessionctlError], int], ...] = (
@@ -74,7 +82,7 @@ def report_usage_error(error: Exception) -> int | None:
 
 def report_internal(error: Exception) -> int:
     """A bug, not a user error: still one line, and the way to the traceback."""
-    detail = " ".join(str(error).split())
+    detail = one_line(str(error))
     print(
         f"sessionctl: error: internal error: {type(error).__name__}{': ' + detail if detail else ''} "
         "(this is a bug in sessionctl; rerun with --debug for the traceback)",
@@ -87,7 +95,35 @@ def report(error: SessionctlError, debug: bool) -> int:
     """Print ``error`` as one line on stderr (and the traceback with --debug); return its exit code."""
     if debug:
         traceback.print_exception(error, file=sys.stderr)
-    # One line, whatever the message carries (a server's answer can hold newlines).
-    line = " ".join(message_for(error).split())
-    print(f"sessionctl: error: {line}", file=sys.stderr)
+    print(f"sessionctl: error: {one_line(message_for(error))}", file=sys.stderr)
     return exit_code_for(error)
+
+
+def one_line(message: str) -> str:
+    """One line of bounded length, whatever the message carries (newlines, megabytes)."""
+    line = " ".join(message.split())
+    if len(line) > MAX_MESSAGE_CHARS:
+        cut = len(line) - MAX_MESSAGE_CHARS
+        line = f"{line[:MAX_MESSAGE_CHARS]}… ({cut} more characters)"
+    return line
+
+
+def reader_went_away() -> int:
+    """stdout's reader closed the pipe: stop quietly, and keep Python from complaining at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return EXIT_OUTPUT_CLOSED
+
+
+def report_output_error(error: OSError) -> int:
+    """stdout could not be written (a full disk, a quota): one line, and never exit 0."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more goes there
+    except (OSError, ValueError):
+        pass
+    print(f"sessionctl: error: cannot write the output: {error.strerror}; what was printed is incomplete",
+          file=sys.stderr)
+    return EXIT_FAILED

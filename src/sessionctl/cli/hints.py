@@ -12,6 +12,8 @@ from sessionctl.errors import (
     DatabaseChoiceError,
     DatabaseLockedError,
     DatabaseNotFoundError,
+    NoRestorePointError,
+    PatternTooLongError,
     RemoteSettingError,
     SessionctlError,
     WranglerConfigNotFoundError,
@@ -32,7 +34,11 @@ FLAGS = {
 _REMEDIES = (
     (DatabaseLockedError, "raise --timeout"),
     (DatabaseNotFoundError, "`sessionctl migrate` creates it"),
+    (NoRestorePointError, "--without-bookmark drops without one"),
 )
+
+# Library parameter -> the command option that sets it.
+OPTIONS = {"user_pattern": "--user"}
 
 
 def cli_message(error: SessionctlError) -> str | None:
@@ -50,6 +56,8 @@ def cli_message(error: SessionctlError) -> str | None:
         return f"--database {error.name!r} {what} in {error.where}; choose one of: {choices}"
     if isinstance(error, RemoteSettingError) and error.problem == "missing":
         return _remote_needs(error)
+    if isinstance(error, PatternTooLongError) and error.field in OPTIONS:
+        return str(error).replace(error.field, OPTIONS[error.field], 1)
     # Swapped inside the message, not rebuilt from the fields: a command may have added context
     # to it (cleanup says how many rows its earlier batches deleted).
     for cls, cli_remedy in _REMEDIES:

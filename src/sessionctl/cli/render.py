@@ -74,12 +74,16 @@ def render_rows(
         from sessionctl.encoding import dumps_for_output, printable
 
         writer = csv.writer(out, lineterminator="\n")
+        # csv quotes a field holding \n but not one holding a lone \r (it is not in the line
+        # terminator), and a reader then splits the row there: such rows are quoted whole.
+        quoting_all = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
         writer.writerow(columns)
         for count, row in enumerate(rows, 1):
-            writer.writerow(
+            cells = [
                 dumps_for_output(v) if isinstance(v, (dict, list)) else ("" if v is None else printable(str(v)))
                 for v in (row.get(c) for c in columns)
-            )
+            ]
+            (quoting_all if any("\r" in cell for cell in cells) else writer).writerow(cells)
     else:
         from rich.table import Table
         from rich.text import Text

@@ -127,12 +127,22 @@ def rollback(
         typer.Option("--through-later",
                      help="Also roll back later migrations that changed server_sessions (unrecording them)"),
     ] = False,
+    without_bookmark: Annotated[
+        bool,
+        typer.Option("--without-bookmark",
+                     help="Remote D1: drop even if no Time Travel bookmark can be taken to undo it"),
+    ] = False,
 ) -> None:
-    """Back up every session, then run the seed's rollback (drop table and index, unrecord 003)."""
+    """Back up every session, then run the seed's rollback (drop table and index, unrecord 003).
+
+    On remote D1 a Time Travel bookmark is taken before anything is dropped, and the
+    command that restores it is printed and written beside the backup.
+    """
     from sessionctl.backup import default_backup_path
     from sessionctl.cli.context import confirm_or_refuse
     from sessionctl.errors import UsageError
     from sessionctl.rollback import MIGRATION_NAME, plan_rollback, roll_back
+    from sessionctl.targets.base import SupportsTimeTravel
 
     if backup is not None and no_backup:
         raise UsageError("--backup and --no-backup cannot be used together")
@@ -150,6 +160,9 @@ def rollback(
         if plan.table_exists:
             where = f"to {backup_path}" if backup_path else "(no backup: --no-backup)"
             print(f"would back up {plan.rows} rows {where}")
+        if isinstance(db, SupportsTimeTravel):
+            print("would take a Time Travel bookmark first, to undo the drop with"
+                  + (" (or drop without one: --without-bookmark)" if without_bookmark else ""))
         print("would run, in one transaction:")
         for statement in plan.statements:
             print(f"  {statement.sql};" + (f"  -- {list(statement.params)}" if statement.params else ""))
@@ -161,7 +174,14 @@ def rollback(
         yes,
         "rollback refused, nothing was dropped",
     )
-    report_rollback(plan, roll_back(db, plan, backup_path))
+    report_rollback(plan, roll_back(db, plan, backup_path, require_bookmark=not without_bookmark,
+                                    on_restore_point=report_restore_point))
+
+
+def report_restore_point(point) -> None:
+    """Printed before anything is dropped: the way back stays known whatever happens next."""
+    print(f"time travel: bookmark {point.bookmark} taken; to undo this rollback run: {point.command}",
+          flush=True)
 
 
 def report_rollback(plan, outcome) -> None:
@@ -169,6 +189,8 @@ def report_rollback(plan, outcome) -> None:
     from sessionctl.rollback import MIGRATION_NAME
 
     report_backup(outcome)
+    if outcome.restore_file is not None:
+        print(f"restore command written to {outcome.restore_file}")
     print(f"rolled back {MIGRATION_NAME}: dropped server_sessions and idx_server_sessions_expires"
           + (", removed its ledger row" if plan.in_ledger else ""))
     if plan.later:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -345,13 +346,37 @@ def export(
     settings: Settings = ctx.obj
     state = _state(active, expired, every, SessionState.ALL)
     db = settings.open()
+    if output != "-":
+        _refuse_to_export_onto_the_database(Path(output), settings.target().path)
     rows = iter_session_rows(db, state)
     if output == "-":
         write_rows(rows, sys.stdout)
         sys.stdout.flush()
         return
-    count = write_rows_file(rows, Path(output), overwrite=True)
+    path = Path(output)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        # A FIFO, a device, a socket: written into as it is. The temporary-file-and-rename
+        # of a regular file would replace the node itself with a plain file.
+        with open(path, "w", encoding="utf-8", newline="\n") as out:
+            count = write_rows(rows, out)
+    else:
+        count = write_rows_file(rows, path, overwrite=True)
     print(f"exported {count} sessions to {output}", file=sys.stderr)
+
+
+def _refuse_to_export_onto_the_database(output: Path, database: Path | None) -> None:
+    """The export would replace the file it reads (or its WAL, its journal): refuse, naming it."""
+    if database is None:
+        return
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        part = Path(f"{database}{suffix}")
+        try:
+            same = output.exists() and part.exists() and os.path.samefile(output, part)
+        except OSError:
+            same = False
+        if same or output.resolve() == part.resolve():
+            raise UsageError(f"--output {output} is the database being exported ({part}); "
+                             "nothing was written: choose another file")
 
 
 @app.command("import")

@@ -92,6 +92,8 @@ class RemoteD1:
     base_url: str
     account_id: str
     database_id: str
+    database_name: str | None = None  # how wrangler commands name it (database_name, else the binding)
+    env: str | None = None  # the wrangler environment it was chosen from
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,8 @@ def open_target(target: TargetRequest | ResolvedTarget | None = None, *, create:
             token=_token(request.variables),
             description=target.description,
             timeout=REQUEST_TIMEOUT_S if request.timeout is None else request.timeout,
+            database_name=target.remote.database_name,
+            env=target.remote.env,
         )
     assert target.path is not None
     timeout = DEFAULT_TIMEOUT_S if request.timeout is None else request.timeout
@@ -225,7 +229,8 @@ def _remote_d1(chosen: wrangler.D1Database, data: dict, env: str | None,
     base_url = variables.get(BASE_URL_VARIABLE) or DEFAULT_BASE_URL
     host = check_base_url(base_url, BASE_URL_VARIABLE)
     description = f"remote D1 {chosen.label} database_id {chosen.database_id} via {host}"
-    return description, RemoteD1(base_url, account, chosen.database_id)
+    return description, RemoteD1(base_url, account, chosen.database_id,
+                                 database_name=chosen.database_name or chosen.binding, env=chosen.env)
 
 
 def _token(variables: Mapping[str, str]) -> str:

@@ -33,7 +33,7 @@ from sessionctl.errors import (
     ReadOnlyDatabaseError,
     SQLError,
 )
-from sessionctl.targets.base import Result, Row, Statement
+from sessionctl.targets.base import NO_LIMITS, Result, Row, Statement
 
 DEFAULT_TIMEOUT_S = 5.0
 SQLITE_VERSION = apsw.sqlite_lib_version()
@@ -48,9 +48,12 @@ def open_sqlite_file(
 ) -> "SqliteFileDatabase":
     """Open ``path``; only with ``create=True`` may a missing file be created."""
     path = Path(path)
-    if path.is_dir():
-        raise NotADatabaseError(f"{path} is a directory, not a SQLite database file")
-    is_new = not path.exists()
+    try:
+        if path.is_dir():
+            raise NotADatabaseError(f"{path} is a directory, not a SQLite database file")
+        is_new = not path.exists()
+    except OSError as exc:  # a folder on the way that this user may not enter
+        raise DatabaseUnavailableError(f"cannot use {path}: {exc.strerror}") from None
     if is_new and not create:
         raise DatabaseNotFoundError(
             f"database not found: {path} ({DatabaseNotFoundError.REMEDY}; nothing was created)", path=path
@@ -68,8 +71,10 @@ def open_sqlite_file(
     db = SqliteFileDatabase(conn, path, timeout, description or f"sqlite file {path}")
     # Reading the schema is what tells a text file or a truncated file from a database.
     db.query("SELECT count(*) AS n FROM sqlite_master")
-    if is_new:
-        # WAL lets readers (and wrangler dev) go on while we write.
+    if create and (is_new or db.query("PRAGMA journal_mode")[0]["journal_mode"] != "wal"):
+        # WAL lets readers (and wrangler dev, and the bot) go on while we write. Checked on
+        # every migrate, not only for a new file: an empty file left by a kill or a full disk
+        # exists, and would otherwise stay in rollback-journal mode for good.
         db.switch_to_wal()
     return db
 
@@ -80,6 +85,8 @@ def open_memory_database(description: str = "in memory") -> "SqliteFileDatabase"
 
 
 class SqliteFileDatabase:
+    limits = NO_LIMITS  # a local file streams: no request to bound
+
     def __init__(self, conn: apsw.Connection, path: Path, timeout: float, description: str):
         self.conn = conn
         self.path = path
@@ -139,6 +146,9 @@ class SqliteFileDatabase:
 
     # -- writes --------------------------------------------------------------
 
+    def query_many(self, statements: Sequence[Statement]) -> list[list[Row]]:
+        return [self.query(statement.sql, statement.params) for statement in statements]
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
         return self.batch([Statement(sql, tuple(params))])[0]
 
@@ -161,6 +171,10 @@ class SqliteFileDatabase:
             exc.statement_index = index  # which statement of the batch failed, if one did
             raise
         return results
+
+    def script(self, statements: Sequence[Statement]) -> None:
+        # Locally one transaction is one transaction, whichever way the text arrives.
+        self.batch(statements)
 
     def _run(self, statement: Statement) -> Result:
         before = self.conn.total_changes()
