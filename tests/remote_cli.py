@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MIGRATIONS_DIR, SESSIONCTL, SESSIONS_MIGRATION
+from d1_worker_server import fresh_d1  # noqa: F401  (a fixture the remote fixtures use)
 
 SECRET = "tok-SECRET-4242"  # printable, no quote or backslash: the worker's .dev.vars holds it
 WRONG_TOKEN = "tok-WRONG-7777"
@@ -123,3 +124,50 @@ def sample_rows(now: int) -> list[dict]:
          "messages": "[]", "created_at": now - 180 * MINUTE, "updated_at": now - 120 * MINUTE,
          "expires_at": now - 60 * MINUTE},
     ]
+
+
+# -- sessionctl --remote against D1 itself: the fixtures the remote modules share --------------
+# A module imports them by name (pytest finds fixtures in the module's namespace):
+#     from remote_cli import d1, d1_worker, fresh_d1, project, remote, runs
+
+
+@pytest.fixture(scope="module")
+def d1_worker(tmp_path_factory: pytest.TempPathFactory):
+    """The module's worker, accepting SECRET as its token (fresh_d1 empties it for each test)."""
+    from d1_worker_server import running_d1_worker
+    from wrangler_tools import require_wrangler
+
+    with running_d1_worker(require_wrangler(), tmp_path_factory.mktemp("d1-worker"), token=SECRET) as worker:
+        yield worker
+
+
+@pytest.fixture
+def d1(fresh_d1):
+    return fresh_d1
+
+
+@pytest.fixture
+def project(tmp_path: Path, d1) -> Path:
+    return write_project(tmp_path / "bot", d1.database_id)
+
+
+@pytest.fixture
+def runs() -> list[subprocess.CompletedProcess]:
+    return []
+
+
+@pytest.fixture
+def remote(project: Path, d1, runs: list):
+    """Run `sessionctl --remote ARGS` in the project against the worker.
+
+    ``env`` overrides variables (None removes one); ``remote=False`` leaves out --remote.
+    """
+
+    def run(*args: str, env: dict[str, str | None] | None = None, cwd: Path | None = None,
+            remote: bool = True) -> subprocess.CompletedProcess:
+        result = run_remote(cwd or project, remote_env(d1.base_url, d1.token, d1.account_id, env), *args,
+                            remote=remote)
+        runs.append(result)
+        return result
+
+    return run

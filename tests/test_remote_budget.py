@@ -16,20 +16,25 @@ from pathlib import Path
 
 import pytest
 
-from d1_worker_server import D1Worker, fresh_d1, running_d1_worker  # noqa: F401  (fresh_d1: a fixture)
-from remote_cli import (  # noqa: F401  (no_proxies: an autouse fixture)
+from d1_worker_server import D1Worker
+from remote_cli import (  # noqa: F401  (fixtures, found by name)
     MINUTE,
     SECRET,
     assert_no_secret,
+    d1,
+    d1_worker,
+    fresh_d1,
     no_proxies,
     ok,
     one_error,
+    project,
+    remote,
     remote_env,
     run_remote,
+    runs,
     sample_rows,
     write_project,
 )
-from wrangler_tools import require_wrangler
 from sessionctl.repository import COLUMNS, now_ms
 
 pytestmark = pytest.mark.wrangler
@@ -37,37 +42,6 @@ pytestmark = pytest.mark.wrangler
 MAX_BODY = 1_000_000  # bytes in one request's body
 MAX_ROWS = 10_000  # rows in one answer
 STAGING = "sessionctl_import_"
-
-
-@pytest.fixture(scope="module")
-def d1_worker(tmp_path_factory: pytest.TempPathFactory):
-    with running_d1_worker(require_wrangler(), tmp_path_factory.mktemp("d1-worker"), token=SECRET) as worker:
-        yield worker
-
-
-@pytest.fixture
-def d1(fresh_d1: D1Worker) -> D1Worker:
-    return fresh_d1
-
-
-@pytest.fixture
-def project(tmp_path: Path, d1: D1Worker) -> Path:
-    return write_project(tmp_path / "bot", d1.database_id)
-
-
-@pytest.fixture
-def runs() -> list[subprocess.CompletedProcess]:
-    return []
-
-
-@pytest.fixture
-def remote(project: Path, d1: D1Worker, runs: list):
-    def run(*args: str) -> subprocess.CompletedProcess:
-        result = run_remote(project, remote_env(d1.base_url, d1.token, d1.account_id), *args)
-        runs.append(result)
-        return result
-
-    return run
 
 
 @pytest.fixture(autouse=True)

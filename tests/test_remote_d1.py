@@ -28,22 +28,27 @@ import pytest
 
 from conftest import SESSIONCTL, SESSIONS_MIGRATION, WRANGLER_LEDGER_DDL
 from d1_server import ALLOWED_PRAGMAS, split_sql
-from d1_worker_server import D1Worker, fresh_d1, running_d1_worker  # noqa: F401  (fresh_d1: a fixture)
-from remote_cli import (  # noqa: F401  (no_proxies: an autouse fixture; write_project: used elsewhere)
+from d1_worker_server import D1Worker
+from remote_cli import (  # noqa: F401  (fixtures, found by name; write_project: used elsewhere)
     MINUTE,
     SECRET,
     WRONG_TOKEN,
     assert_no_secret,
+    d1,
+    d1_worker,
+    fresh_d1,
     closed_port_url,
     no_proxies,
     ok,
     one_error,
+    project,
+    remote,
     remote_env,
     run_remote,
+    runs,
     sample_rows,
     write_project,
 )
-from wrangler_tools import require_wrangler
 from sessionctl.repository import COLUMNS, now_ms
 
 pytestmark = pytest.mark.wrangler
@@ -52,45 +57,6 @@ TRANSACTION_WORDS = {"BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "END
 
 
 # -- fixtures ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def d1_worker(tmp_path_factory: pytest.TempPathFactory):
-    """This module's worker, accepting SECRET as its token (fresh_d1 empties it for each test)."""
-    with running_d1_worker(require_wrangler(), tmp_path_factory.mktemp("d1-worker"), token=SECRET) as worker:
-        yield worker
-
-
-@pytest.fixture
-def d1(fresh_d1: D1Worker) -> D1Worker:
-    return fresh_d1
-
-
-@pytest.fixture
-def project(tmp_path: Path, d1: D1Worker) -> Path:
-    return write_project(tmp_path / "bot", d1.database_id)
-
-
-@pytest.fixture
-def runs() -> list[subprocess.CompletedProcess]:
-    return []
-
-
-@pytest.fixture
-def remote(project: Path, d1: D1Worker, runs: list):
-    """Run `sessionctl --remote ARGS` in the project against the worker.
-
-    ``env`` overrides variables (None removes one); ``remote=False`` leaves out --remote.
-    """
-
-    def run(*args: str, env: dict[str, str | None] | None = None, cwd: Path | None = None,
-            remote: bool = True) -> subprocess.CompletedProcess:
-        result = run_remote(cwd or project, remote_env(d1.base_url, d1.token, d1.account_id, env), *args,
-                            remote=remote)
-        runs.append(result)
-        return result
-
-    return run
 
 
 @pytest.fixture(autouse=True)
