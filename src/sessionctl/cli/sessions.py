@@ -387,7 +387,7 @@ def import_(
         ConflictPolicy, typer.Option(help="A user_id already stored: keep it, replace it, or keep the newer updated_at")
     ] = ConflictPolicy.SKIP,
 ) -> None:
-    """Import sessions in one transaction; any bad line (named by number) and nothing is written."""
+    """Import sessions all or nothing; any bad line (named by number) and nothing is written."""
     from sessionctl.backup import read_rows
     from sessionctl.repository import extra_columns, import_session_rows
 
@@ -402,8 +402,8 @@ def import_(
             raise UsageError(f"cannot read {file}: {exc.strerror}") from None
     try:
         db = settings.open()
-        # One pass: rows are validated as they stream into the one transaction, which a
-        # bad line rolls back whole.
+        # One pass: rows are validated as they stream into the staging table; a bad line
+        # drops it, and the live table only changes in the final merge.
         written, skipped = import_session_rows(db, read_rows(handle, source, extra_columns(db)), on_conflict)
     except UnicodeDecodeError as exc:
         raise UsageError(f"cannot read {source}: not UTF-8 text ({exc.reason}); nothing was imported") from None
