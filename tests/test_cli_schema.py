@@ -836,6 +836,54 @@ def test_rollback_drops_nothing_when_a_row_arrives_while_the_backup_is_written(c
     assert _sql(db_path, "SELECT name FROM d1_migrations") == [(SESSIONS_MIGRATION,)]
 
 
+def test_rollback_drops_nothing_when_a_row_changes_but_keeps_its_updated_at(cli, db_path, monkeypatch):
+    # A hand edit (or a bot bug) that rewrites a session and leaves updated_at as it was:
+    # the count, the newest and any sum of updated_at stay the same, the row does not.
+    import sessionctl.backup as backup
+
+    _migrate(cli, db_path)
+    _save_rows(db_path, 3)
+    real_write = backup.write_rows
+
+    def write_then_row_changes(rows, out):
+        written = real_write(rows, out)
+        conn = raw_connect(db_path)
+        conn.execute("UPDATE server_sessions SET last_recommendation = 'plan B' WHERE user_id = 'u1'")
+        conn.close()
+        return written
+
+    monkeypatch.setattr(backup, "write_rows", write_then_row_changes)
+
+    result = cli("--db", db_path, "rollback", "--yes", "--backup", "b.jsonl")
+
+    assert result.exit_code == 1
+    assert_one_error_line(
+        result.stderr,
+        "server_sessions changed while the backup was written; nothing was dropped (run rollback again)",
+    )
+    assert _sql(db_path, "SELECT last_recommendation FROM server_sessions WHERE user_id = 'u1'") == [("plan B",)]
+    assert _sql(db_path, "SELECT name FROM d1_migrations") == [(SESSIONS_MIGRATION,)]
+    # the copy the guard compared with is gone, and verify sees the schema as it was
+    assert _sql(db_path, "SELECT count(*) FROM sqlite_master WHERE name LIKE 'sessionctl_rollback%'") == [(0,)]
+    assert cli("--db", db_path, "verify").exit_code == 0
+
+
+def test_rollback_replaces_a_copy_a_killed_rollback_left(cli, db_path):
+    _migrate(cli, db_path)
+    _save_rows(db_path, 3)
+    conn = raw_connect(db_path)
+    conn.execute("CREATE TABLE sessionctl_rollback_copy (stale TEXT)")  # left by a kill -9
+    conn.close()
+    assert cli("--db", db_path, "verify").exit_code == 0  # sessionctl's own table, not the bot's schema
+
+    result = cli("--db", db_path, "rollback", "--yes", "--backup", "b.jsonl")
+
+    assert result.exit_code == 0, result.output
+    assert len(Path("b.jsonl").read_text().splitlines()) == 3
+    assert _sql(db_path, "SELECT name FROM sqlite_master WHERE name LIKE 'server_sessions%' "
+                         "OR name LIKE 'sessionctl_rollback%'") == []
+
+
 def test_migrate_adopts_a_table_created_by_wrangler_d1_execute_keeping_its_rows(cli, db_path):
     # The seed's deployment ran `wrangler d1 execute --file=...003...sql`: a table, no ledger row.
     conn = raw_connect(db_path)

@@ -38,7 +38,7 @@ from sessionctl.errors import (
     RequestTooLargeError,
     SQLError,
 )
-from sessionctl.names import CHECKSUM_TABLE, DEFAULT_LEDGER, IMPORT_STAGING_PREFIX
+from sessionctl.names import CHECKSUM_TABLE, DEFAULT_LEDGER, OWN_TABLE_PREFIX
 from sessionctl.targets.base import Database, Row, Statement, inline
 from sessionctl.wrangler_sql import (
     SeveralTransactionsError,
@@ -478,13 +478,13 @@ class Replay:
 
 
 # What a schema is made of, for comparing two: user objects only. SQLite's own (sqlite_*),
-# D1's (_cf_*), the ledger, sessionctl's checksums and an import's staging table are
-# bookkeeping, not the bot's schema.
+# D1's (_cf_*), the ledger and sessionctl's own tables (checksums, an import's staging table,
+# a rollback's copy) are bookkeeping, not the bot's schema.
 _SCHEMA_SQL = (
     "SELECT type, name, tbl_name, sql FROM sqlite_master "
     "WHERE lower(substr(name, 1, 7)) != 'sqlite_' AND substr(name, 1, 4) != '_cf_' "
-    f"AND substr(name, 1, {len(IMPORT_STAGING_PREFIX)}) != '{IMPORT_STAGING_PREFIX}' "
-    "AND name NOT IN (?, ?) ORDER BY type, name"
+    f"AND substr(name, 1, {len(OWN_TABLE_PREFIX)}) != '{OWN_TABLE_PREFIX}' "
+    "AND name != ? ORDER BY type, name"
 )
 MASTER_SQL = "SELECT type, name, tbl_name, sql FROM sqlite_master"
 
@@ -510,8 +510,8 @@ class SchemaObject:
 
 
 def schema_objects(db: Database, ledger: str = DEFAULT_LEDGER) -> dict[str, SchemaObject]:
-    """The database's own objects by name (no sqlite_*, _cf_*, ledger, checksum or staging table)."""
-    rows = db.query(_SCHEMA_SQL, (ledger, CHECKSUM_TABLE))
+    """The database's own objects by name (no sqlite_*, _cf_*, ledger or sessionctl_* table)."""
+    rows = db.query(_SCHEMA_SQL, (ledger,))
     return {row["name"]: SchemaObject(row["type"], row["name"], row["tbl_name"], row["sql"]) for row in rows}
 
 
@@ -519,6 +519,6 @@ def schema_objects_in(master: list[Row], ledger: str = DEFAULT_LEDGER) -> dict[s
     """As ``schema_objects``, from every row of ``MASTER_SQL`` already read (same rule, same order)."""
     own = [row for row in master
            if row["name"][:7].lower() != "sqlite_" and not row["name"].startswith("_cf_")
-           and not row["name"].startswith(IMPORT_STAGING_PREFIX) and row["name"] not in (ledger, CHECKSUM_TABLE)]
+           and not row["name"].startswith(OWN_TABLE_PREFIX) and row["name"] != ledger]
     own.sort(key=lambda row: (row["type"], row["name"]))  # code point order is UTF-8's byte order
     return {row["name"]: SchemaObject(row["type"], row["name"], row["tbl_name"], row["sql"]) for row in own}

@@ -568,8 +568,9 @@ def iter_session_rows(db: Database, state: str = "all", *, now: int | None = Non
 
 
 def iter_rows_by_key(db: Database, columns: str = "*", where: str = "", params: tuple = (),
-                     page_rows: int = PAGE_ROWS) -> Iterator[Row]:
-    """``SELECT columns FROM server_sessions [WHERE where] ORDER BY user_id``, streamed.
+                     page_rows: int = PAGE_ROWS, *, table: str = TABLE) -> Iterator[Row]:
+    """``SELECT columns FROM table [WHERE where] ORDER BY user_id``, streamed (server_sessions
+    unless ``table`` names a copy of it).
 
     A local file streams it as one query (one snapshot); a target with bounded answers
     (remote D1) is read a page at a time by key: ``user_id > last ... LIMIT page_rows``.
@@ -577,13 +578,14 @@ def iter_rows_by_key(db: Database, columns: str = "*", where: str = "", params: 
     condition = f" AND ({where})" if where else ""
     bound = limits_of(db).response_rows
     if bound is None:
-        return db.iter_query(f"SELECT {columns} FROM {TABLE}{' WHERE ' + where if where else ''} "
+        return db.iter_query(f"SELECT {columns} FROM {table}{' WHERE ' + where if where else ''} "
                              "ORDER BY user_id", params)
-    return _rows_by_key(db, columns, condition, params, min(page_rows, bound))
+    return _rows_by_key(db, table, columns, condition, params, min(page_rows, bound))
 
 
-def _rows_by_key(db: Database, columns: str, condition: str, params: tuple, page: int) -> Iterator[Row]:
-    sql = f"SELECT {columns} FROM {TABLE} WHERE user_id > ?{condition} ORDER BY user_id LIMIT ?"
+def _rows_by_key(db: Database, table: str, columns: str, condition: str, params: tuple,
+                 page: int) -> Iterator[Row]:
+    sql = f"SELECT {columns} FROM {table} WHERE user_id > ?{condition} ORDER BY user_id LIMIT ?"
     last = ""  # every user_id is a non-empty string, so > '' starts at the first
     while True:
         rows = db.query(sql, (last, *params, page))

@@ -17,9 +17,11 @@ migration whose objects are gone, and never unrecords one whose objects remain.
 - Later migrations that touch other tables only keep their objects, so they stay recorded.
 - The backup holds every column the table has now (later ones included), and its rows
   restore through ``sessions import``; it is read by key, a page per request on remote D1.
-  The drop runs in ONE transaction (on remote D1 one ``sql`` text, the form D1 documents
-  as atomic) that starts with a guard: if the table changed after the backup was taken,
-  nothing is dropped.
+  The backup is written from a copy of the table taken in one transaction
+  (``sessionctl_rollback_copy``), and the drop runs in ONE transaction (on remote D1 one
+  ``sql`` text, the form D1 documents as atomic) that starts with a guard comparing the
+  table with that copy, every column of every row: if anything changed after the copy
+  (a save that kept ``updated_at`` included), nothing is dropped. The copy goes with it.
 - On remote D1 a Time Travel bookmark is taken after the backup and before the drop, and
   the wrangler command that restores the whole database to it is handed to the caller
   and written beside the backup (``<backup>.restore.txt``). Without a bookmark nothing is
@@ -35,7 +37,7 @@ from typing import Callable, Iterator
 from sessionctl.backup import write_rows_file, write_text_file
 from sessionctl.errors import LaterMigrationsError, NoRestorePointError, RollbackError, SessionctlError, SQLError
 from sessionctl.migrations import MigrationEngine, SchemaObject, schema_objects, table_exists
-from sessionctl.names import INDEX, SESSIONS_MIGRATION, TABLE
+from sessionctl.names import INDEX, ROLLBACK_COPY_TABLE, SESSIONS_MIGRATION, TABLE
 from sessionctl.targets.base import Database, RestorePoint, Row, Statement, SupportsTimeTravel
 
 MIGRATION_NAME = SESSIONS_MIGRATION
@@ -44,21 +46,19 @@ SEED_ROLLBACK_SQL = (
     f"DROP INDEX IF EXISTS {INDEX}",
 )
 
-_FINGERPRINT_SQL = (
-    f"SELECT count(*) AS n, coalesce(max(updated_at), 0) AS newest, "
-    f"coalesce(sum(updated_at % 1000000007), 0) AS digest FROM {TABLE}"
-)
+_COPY = ROLLBACK_COPY_TABLE
 
-# Fails the whole transaction (json() of non-JSON raises) unless the table still matches.
+# Fails the whole transaction (json() of non-JSON raises) unless the table still equals the
+# copy the backup was written from: every column of every row, both ways.
 # An INSERT of no row rather than a SELECT: D1 keeps a SELECT that is not the last statement
 # of a text open, and a DROP TABLE after it then fails with "database table is locked".
 _GUARD_SQL = (
     f"INSERT INTO {TABLE} (user_id) SELECT NULL WHERE "
-    f"CASE WHEN (SELECT count(*) FROM {TABLE}) = ? "
-    f"AND (SELECT coalesce(max(updated_at), 0) FROM {TABLE}) = ? "
-    f"AND (SELECT coalesce(sum(updated_at % 1000000007), 0) FROM {TABLE}) = ? "
+    f"CASE WHEN NOT EXISTS (SELECT * FROM {TABLE} EXCEPT SELECT * FROM {_COPY}) "
+    f"AND NOT EXISTS (SELECT * FROM {_COPY} EXCEPT SELECT * FROM {TABLE}) "
     "THEN 0 ELSE json('server_sessions changed after the backup') END"
 )
+_DROP_COPY = f"DROP TABLE IF EXISTS {_COPY}"
 
 
 @dataclass
@@ -83,9 +83,29 @@ class RollbackOutcome:
     restore_file: Path | None = None  # where that command was written (beside the backup)
 
 
-def _fingerprint(db: Database) -> tuple[int, int, int]:
-    row = db.query(_FINGERPRINT_SQL)[0]
-    return row["n"], row["newest"], row["digest"]
+def _count(db: Database, table: str = TABLE) -> int:
+    return db.query(f"SELECT count(*) AS n FROM {table}")[0]["n"]
+
+
+def _copy_statements(db: Database) -> list[Statement]:
+    """Replace any copy a killed rollback left with one of the table now, in one transaction.
+
+    The copy has the table's columns in its order (so ``SELECT *`` of both compare) and
+    user_id as its key (so a remote backup reads it a page at a time by key).
+    """
+    info = db.query(f"PRAGMA table_info({TABLE})")
+    definition = ", ".join(
+        f"{_quote(row['name'])} {row['type'] or ''}".rstrip() + (" PRIMARY KEY" if row["name"] == "user_id" else "")
+        for row in info)
+    return [
+        Statement(_DROP_COPY, repeatable=True),
+        Statement(f"CREATE TABLE {_COPY} ({definition})", repeatable=True),
+        Statement(f"INSERT INTO {_COPY} SELECT * FROM {TABLE}", repeatable=True),
+    ]
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def plan_rollback(engine: MigrationEngine, *, through_later: bool = False) -> RollbackPlan:
@@ -94,7 +114,7 @@ def plan_rollback(engine: MigrationEngine, *, through_later: bool = False) -> Ro
     db = engine.db
     state = engine.ledger_state()
     has_table = table_exists(db, TABLE)
-    rows = _fingerprint(db)[0] if has_table else 0
+    rows = _count(db) if has_table else 0
     applied = engine.applied_names(state)
     in_ledger = MIGRATION_NAME in applied
     touching, kept = later_migrations(engine, applied)
@@ -178,11 +198,11 @@ def _definition(obj: SchemaObject | None) -> tuple[str, str, str] | None:
     return None if obj is None else (obj.type, obj.table, obj.normalised_sql)
 
 
-def _all_columns(db: Database) -> Iterator[Row]:
-    """Every row with every column the table has now (later migrations' columns included)."""
+def _all_columns(db: Database, table: str) -> Iterator[Row]:
+    """Every row with every column the table has (later migrations' columns included)."""
     from sessionctl.repository import iter_rows_by_key
 
-    return iter_rows_by_key(db, "*")
+    return iter_rows_by_key(db, "*", table=table)
 
 
 def roll_back(db: Database, plan: RollbackPlan, backup_path: Path | None, *, require_bookmark: bool = True,
@@ -196,31 +216,64 @@ def roll_back(db: Database, plan: RollbackPlan, backup_path: Path | None, *, req
     """
     statements = list(plan.statements)
     written = None
-    before = None
-    if plan.table_exists:
-        before = _fingerprint(db)
-        if backup_path is not None:
-            written = write_rows_file(_all_columns(db), backup_path)
-            if written != before[0]:
+    guarded = plan.table_exists and backup_path is not None
+    if guarded:
+        db.batch(_copy_statements(db))
+        try:
+            copied = _count(db, _COPY)
+            rows = _all_columns(db, _COPY)
+            try:
+                written = write_rows_file(rows, backup_path)
+            finally:
+                close = getattr(rows, "close", None)
+                if close is not None:  # a read left open keeps the copy from being dropped
+                    close()
+            if written != copied:
                 raise RollbackError(
-                    f"backup {backup_path} holds {written} rows but the table had {before[0]}; "
-                    "the table is changing: nothing was dropped, run rollback again"
+                    f"backup {backup_path} holds {written} rows but the table had {copied}; "
+                    "nothing was dropped, run rollback again"
                 )
             _check_the_backup_restores(db, backup_path)
-        statements.insert(0, Statement(_GUARD_SQL, before))
-    restore, restore_file = _restore_point(db, backup_path if written is not None else None, require_bookmark)
-    if restore is not None and on_restore_point is not None:
-        on_restore_point(restore)
+        except BaseException:
+            _drop_copy_quietly(db)
+            raise
+        statements = [Statement(_GUARD_SQL), *statements, Statement(_DROP_COPY)]
     try:
+        restore, restore_file = _restore_point(db, backup_path if written is not None else None, require_bookmark)
+        if restore is not None and on_restore_point is not None:
+            on_restore_point(restore)
         db.script(statements)
     except SQLError as exc:
-        if before is not None and _fingerprint(db) != before:
+        changed = guarded and _changed_since_the_copy(db)
+        if guarded:
+            _drop_copy_quietly(db)
+        if changed:
             raise RollbackError(
                 "server_sessions changed while the backup was written; nothing was dropped "
                 "(run rollback again)"
             ) from exc
         raise RollbackError(f"rollback failed, nothing was dropped: {exc}") from exc
+    except BaseException:
+        if guarded:
+            _drop_copy_quietly(db)
+        raise
     return RollbackOutcome(written, backup_path if written is not None else None, restore, restore_file)
+
+
+def _changed_since_the_copy(db: Database) -> bool:
+    try:
+        return bool(db.query(
+            f"SELECT EXISTS (SELECT * FROM {TABLE} EXCEPT SELECT * FROM {_COPY}) "
+            f"OR EXISTS (SELECT * FROM {_COPY} EXCEPT SELECT * FROM {TABLE}) AS changed")[0]["changed"])
+    except SessionctlError:
+        return False
+
+
+def _drop_copy_quietly(db: Database) -> None:
+    try:
+        db.batch([Statement(_DROP_COPY, repeatable=True)])
+    except SessionctlError:
+        pass  # the next rollback replaces it; verify and status never count it
 
 
 def _restore_point(db: Database, backup_path: Path | None,
