@@ -1,4 +1,4 @@
-"""D1 itself answering D1's REST paths: tests/d1_worker served by the pinned `wrangler dev`.
+"""D1 and Workers KV answering their REST paths: tests/d1_worker served by the pinned `wrangler dev`.
 
 Where tests/d1_server.py (FakeD1) re-implements what D1 is documented to do, this runs the SQL
 on D1's own engine -- the D1 binding of the pinned wrangler's workerd -- behind the same paths
@@ -14,8 +14,17 @@ Use the ``d1_worker`` fixture (one server per test module: startup takes a few s
         fresh_d1.stats()["requests"]                  # what the worker served
         fresh_d1.read("SELECT name FROM sqlite_master")  # the local D1 file, read-only
 
-The server is shared by the module's tests, and so is its database: ``fresh_d1`` drops what
-earlier tests made (``wipe()``) and zeroes the stats; ``d1_worker`` leaves both as they are.
+The same worker answers Workers KV's REST paths from its KV binding (``kv_url`` is the
+namespace's base URL; worker.js lists the routes and their answers)::
+
+    fresh_d1.kv_put("tg:1", "v", expiration_ttl=3600, metadata={"a": 1})  # bulk write, one item
+    fresh_d1.kv_get("tg:1")                           # "v"; None for a missing key
+    fresh_d1.kv_list("tg:")                           # [{"name", "expiration", "metadata"}], every page
+    fresh_d1.kv_request("POST", "/bulk/get", {"keys": ["tg:1"]})  # (status, JSON or bytes)
+
+The server is shared by the module's tests, and so are its database and KV namespace:
+``fresh_d1`` drops what earlier tests made (``wipe()``), deletes every KV key (``kv_wipe()``)
+and zeroes the stats; ``d1_worker`` leaves all of it as it is.
 
 The requests reach wrangler through a small loopback proxy that counts TCP connections: the
 worker cannot see connections, and a request budget cares about both.
@@ -35,6 +44,7 @@ import threading
 import time
 import tomllib
 import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,10 +74,11 @@ class D1Worker:
     """A running worker. ``base_url`` is what CLOUDFLARE_API_BASE_URL takes."""
 
     def __init__(self, *, proxy_port: int, direct_port: int, account_id: str, database_id: str,
-                 token: str, persist_to: Path, counter: "_ConnectionCounter"):
+                 kv_namespace_id: str, token: str, persist_to: Path, counter: "_ConnectionCounter"):
         self.base_url = f"http://127.0.0.1:{proxy_port}/client/v4"
         self.direct_url = f"http://127.0.0.1:{direct_port}/client/v4"  # wrangler itself, past the proxy
         self.account_id, self.database_id, self.token = account_id, database_id, token
+        self.kv_namespace_id = kv_namespace_id
         self.persist_to = persist_to
         self._counter = counter
 
@@ -77,6 +88,11 @@ class D1Worker:
     @property
     def database_url(self) -> str:
         return f"{self.base_url}/accounts/{self.account_id}/d1/database/{self.database_id}"
+
+    @property
+    def kv_url(self) -> str:
+        """The KV namespace's base URL: ``/keys``, ``/bulk``, ``/values/{key}``... go below it."""
+        return f"{self.base_url}/accounts/{self.account_id}/storage/kv/namespaces/{self.kv_namespace_id}"
 
     @property
     def state_file(self) -> Path:
@@ -147,6 +163,78 @@ class D1Worker:
             self.batch(["PRAGMA defer_foreign_keys = ON", *drops])
         if self.query("SELECT 1 AS x FROM sqlite_master WHERE name = 'sqlite_sequence'"):
             self.query("DELETE FROM sqlite_sequence")
+
+    # -- Workers KV, through the worker -------------------------------------------------
+
+    @staticmethod
+    def kv_key_path(key: str) -> str:
+        """``key`` as one path segment: percent-encoded, '/' and ':' included."""
+        return urllib.parse.quote(key, safe="")
+
+    def kv_request(self, method: str, path: str, body: Any = None, *, token: str | None = None,
+                   raw_body: bytes | None = None, headers: dict[str, str] | None = None,
+                   ) -> tuple[int, Any]:
+        """(status, parsed JSON -- or the bytes, for a value) for ``path`` below ``kv_url``
+        (``/keys?prefix=a``) or a full URL. ``token`` as in ``request``."""
+        url = path if path.startswith("http") else self.kv_url + path
+        data = raw_body if raw_body is not None else (None if body is None else json.dumps(body).encode())
+        token = self.token if token is None else token
+        sent = {"content-type": "application/json", **(headers or {})}
+        if token:
+            sent["authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(url, data=data, method=method, headers=sent)
+        try:
+            response = _LOOPBACK.open(request, timeout=60)
+        except urllib.error.HTTPError as error:
+            response = error
+        with response:
+            content = response.read()
+            json_answer = (response.headers.get("content-type") or "").startswith("application/json")
+            return response.status, json.loads(content) if json_answer else content
+
+    def _kv_ok(self, method: str, path: str, body: Any = None) -> Any:
+        status, payload = self.kv_request(method, path, body)
+        if status != 200 or not payload.get("success"):
+            error = (payload.get("errors") or [{}])[0]
+            raise D1WorkerError(status, error.get("code"), error.get("message", ""))
+        return payload
+
+    def kv_put(self, key: str, value: str, *, expiration_ttl: int | None = None,
+               expiration: int | None = None, metadata: Any = None) -> None:
+        """Write one key through the bulk write (PUT /bulk), or raise D1WorkerError."""
+        item: dict[str, Any] = {"key": key, "value": value}
+        for name, given in (("expiration_ttl", expiration_ttl), ("expiration", expiration), ("metadata", metadata)):
+            if given is not None:
+                item[name] = given
+        self._kv_ok("PUT", "/bulk", [item])
+
+    def kv_get(self, key: str) -> str | None:
+        """The value of ``key`` as text (GET /values/{key}); None when KV has no such key."""
+        status, payload = self.kv_request("GET", "/values/" + self.kv_key_path(key))
+        if status == 404 and isinstance(payload, dict) and payload["errors"][0]["code"] == 10009:
+            return None
+        if status != 200 or not isinstance(payload, bytes):
+            raise D1WorkerError(status, None, repr(payload))
+        return payload.decode()
+
+    def kv_list(self, prefix: str = "") -> list[dict]:
+        """Every key under ``prefix`` ({name, expiration?, metadata?}), following the cursor."""
+        keys: list[dict] = []
+        cursor = ""
+        while True:
+            query = urllib.parse.urlencode({"prefix": prefix, **({"cursor": cursor} if cursor else {})})
+            payload = self._kv_ok("GET", "/keys?" + query)
+            keys += payload["result"]
+            cursor = payload["result_info"]["cursor"]
+            if not cursor:
+                return keys
+
+    def kv_wipe(self) -> int:
+        """Delete every key in the namespace (the worker's /__kv/wipe hook, not counted); how many."""
+        request = urllib.request.Request(self.direct_url.removesuffix("/client/v4") + "/__kv/wipe",
+                                         data=b"", method="POST")
+        with _LOOPBACK.open(request, timeout=60) as response:
+            return json.loads(response.read())["deleted"]
 
     # -- what was served ---------------------------------------------------------------
 
@@ -260,7 +348,9 @@ def running_d1_worker(wrangler: Path, folder: Path, *, token: str | None = None)
     logs.mkdir(parents=True)
     config = tomllib.loads((project / "wrangler.toml").read_text(encoding="utf-8"))
     account_id, database_id = config["vars"]["ACCOUNT_ID"], config["vars"]["DATABASE_ID"]
-    assert config["d1_databases"][0]["database_id"] == database_id, "wrangler.toml's two ids disagree"
+    kv_namespace_id = config["vars"]["KV_NAMESPACE_ID"]
+    assert config["d1_databases"][0]["database_id"] == database_id, "wrangler.toml's two database ids disagree"
+    assert config["kv_namespaces"][0]["id"] == kv_namespace_id, "wrangler.toml's two KV namespace ids disagree"
     token = token or "d1w-" + secrets.token_hex(16)
     if not token.isprintable() or '"' in token or "\\" in token:
         raise ValueError("the token goes into .dev.vars between double quotes: printable, no quote or backslash")
@@ -285,7 +375,8 @@ def running_d1_worker(wrangler: Path, folder: Path, *, token: str | None = None)
         _wait_until_ready(proc, f"http://127.0.0.1:{port}/__stats", output)
         counter = _ConnectionCounter(port)
         worker = D1Worker(proxy_port=counter.port, direct_port=port, account_id=account_id,
-                          database_id=database_id, token=token, persist_to=persist_to, counter=counter)
+                          database_id=database_id, kv_namespace_id=kv_namespace_id, token=token,
+                          persist_to=persist_to, counter=counter)
         # One query makes the D1 database file (it is created on first use), so state_file exists.
         assert worker.query("SELECT 1 AS ready") == [{"ready": 1}]
         worker.state_file  # noqa: B018 -- fail here, clearly, if wrangler put it elsewhere
@@ -344,7 +435,8 @@ def d1_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[D1Worker]:
 
 @pytest.fixture
 def fresh_d1(d1_worker: D1Worker) -> D1Worker:
-    """The module's D1 worker with an empty database and zeroed stats, for one test."""
+    """The module's worker with an empty database, an empty KV namespace and zeroed stats."""
     d1_worker.wipe()
+    d1_worker.kv_wipe()
     d1_worker.reset_stats()
     return d1_worker
