@@ -79,3 +79,10 @@ class ConflictPolicy(Choice):
     SKIP = "skip"  # keep the stored row
     REPLACE = "replace"  # take the imported row
     NEWER = "newer"  # keep whichever has the larger updated_at (the stored one on a tie)
+
+
+class FieldCase(Choice):
+    """How an old KV session value spells its fields: ``collectedInfo`` (the TypeScript bot's) or ``collected_info``."""
+
+    CAMEL = "camel"
+    SNAKE = "snake"

@@ -175,11 +175,12 @@ def main_options(
 
 
 def _register() -> None:
-    from sessionctl.cli import checks, schema, sessions
+    from sessionctl.cli import checks, kv, schema, sessions
 
     schema.register(app)
     checks.register(app)
     app.add_typer(sessions.app, name="sessions")
+    app.add_typer(kv.app, name="kv")
 
 
 _register()

@@ -87,16 +87,18 @@ def envelope(answer: Answer) -> Envelope:
                     " ".join(str(first.get("message", "")).split()))
 
 
-def raise_for(answer: Answer, *, host: str, what: str) -> Envelope:
+def raise_for(answer: Answer, *, host: str, what: str, service: str = "D1") -> Envelope:
     """The envelope of a successful answer; otherwise raise what the answer means.
 
-    ``what`` names the database for "not found" messages.
+    ``what`` names the database (or namespace) for "not found" messages; ``service`` is
+    the API's name in messages ("D1", "Workers KV"): the envelope and the meaning of a
+    status are the Cloudflare API's, the same for both.
     """
     found = envelope(answer)
     status, code = found.status, found.code
     if 300 <= status < 400:
         raise DatabaseUnavailableError(
-            f"D1 at {host} answered HTTP {status} (a redirect); not following it with the token")
+            f"{service} at {host} answered HTTP {status} (a redirect); not following it with the token")
     if status == 429 and code == ACCOUNT_BLOCKED:
         raise RateLimitedError(retry_after(answer), code=code)
     if status == 429 and code != RESET_AFTER_EXECUTION and not _transient(found):
@@ -106,16 +108,16 @@ def raise_for(answer: Answer, *, host: str, what: str) -> Envelope:
     if status in (401, 403) or code in (ACCOUNT_BLOCKED, 7403, 6003):
         raise CredentialsRefusedError(
             f"the Cloudflare API refused the credentials ({found.summary}); check CLOUDFLARE_API_TOKEN "
-            "and its D1 permissions", status=status, code=code)
+            f"and its {service} permissions", status=status, code=code)
     if status == 404 or code == 7404:
         raise DatabaseNotFoundError(f"{what} not found ({found.summary})")
     if status == 413:
-        raise DatabaseUnavailableError(f"D1 refused the request as too large ({found.summary}); nothing ran")
+        raise DatabaseUnavailableError(f"{service} refused the request as too large ({found.summary}); nothing ran")
     if not isinstance(found.payload, dict):
-        raise DatabaseUnavailableError(f"D1 at {host} answered HTTP {status} with something that is not JSON")
+        raise DatabaseUnavailableError(f"{service} at {host} answered HTTP {status} with something that is not JSON")
     if not found.payload.get("success") or status != 200:
         if code != SQL_ERROR:
-            raise DatabaseUnavailableError(f"D1 refused the request ({found.summary})")
+            raise DatabaseUnavailableError(f"{service} refused the request ({found.summary})")
         cleaned = _D1_SUFFIX.sub("", found.message).strip() or found.summary
         if "SQLITE_CONSTRAINT" in found.message or "constraint failed" in found.message:
             raise ConstraintError(cleaned)

@@ -26,7 +26,7 @@ import shlex
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 from urllib.parse import SplitResult, quote, urlsplit
 
 from sessionctl import __version__
@@ -246,53 +246,66 @@ class D1HttpDatabase:
 
     def _attempts(self, method: str, path: str, data: bytes | None, headers: dict[str, str],
                   repeatable: bool):
-        what = f"D1 database {self.database_id} in account {self.account_id}"
-        attempt = 0
-        while True:
-            attempt += 1
-            last = attempt >= MAX_ATTEMPTS
-            logger.debug("%s %s (%d bytes, attempt %d)", method, path, len(data or b""), attempt)
+        def counted() -> None:
             self.requests += 1
-            try:
-                answer = self._connection.request(method, path, data, headers, fresh=not repeatable)
-            except ValueError:
-                # http.client refuses a header it cannot send and quotes it: never show that.
-                raise DatabaseUnavailableError(
-                    "the request to D1 could not be formed (check the ids and the token)") from None
-            except NotSent as error:
-                if not last:
-                    _pause(attempt)
-                    continue
-                raise DatabaseUnavailableError(f"cannot reach D1 at {self.host} ({error}); nothing was sent") from None
-            except Lost as error:
-                if repeatable and not last:
-                    _pause(attempt)
-                    continue
-                if repeatable:
-                    raise DatabaseUnavailableError(f"lost the connection to D1 at {self.host} ({error})") from None
-                raise OutcomeUnknownError(
-                    f"lost the connection to D1 at {self.host} during a write ({error}); "
-                    "it may or may not have been applied: check before running it again",
-                    reason=str(error)) from None
-            try:
-                return raise_for(answer, host=self.host, what=what)
-            except NotExecuted as refused:
-                wait = refused.wait_s if refused.wait_s is not None else _backoff(attempt)
-                if last or wait > MAX_RETRY_AFTER_S:
-                    raise RateLimitedError(refused.wait_s) from None
-                if wait > ANNOUNCED_WAIT_S:
-                    logger.warning("rate limited by the Cloudflare API: waiting %g s as it asked, then "
-                                   "sending again (nothing was executed)", wait)
-                time.sleep(wait)
-            except MayHaveRun as failed:
-                if repeatable and not last:
-                    _pause(attempt)
-                    continue
-                if repeatable:
-                    raise DatabaseUnavailableError(f"D1 failed ({failed})") from None
-                raise OutcomeUnknownError(
-                    f"D1 failed during a write ({failed}); it may or may not have been applied: "
-                    "check before running it again", reason=str(failed)) from None
+
+        return send_with_retries(self._connection, method, path, data, headers, repeatable=repeatable,
+                                 service="D1", host=self.host,
+                                 what=f"D1 database {self.database_id} in account {self.account_id}",
+                                 on_request=counted)
+
+
+def send_with_retries(connection: KeepAliveConnection, method: str, path: str, data: bytes | None,
+                      headers: dict[str, str], *, repeatable: bool, service: str, host: str, what: str,
+                      on_request: Callable[[], None]):
+    """Send one request to the Cloudflare API until it has an answer to go by (see
+    ``d1_answers``); the answer's envelope, or raise what it means."""
+    attempt = 0
+    while True:
+        attempt += 1
+        last = attempt >= MAX_ATTEMPTS
+        logger.debug("%s %s (%d bytes, attempt %d)", method, path, len(data or b""), attempt)
+        on_request()
+        try:
+            answer = connection.request(method, path, data, headers, fresh=not repeatable)
+        except ValueError:
+            # http.client refuses a header it cannot send and quotes it: never show that.
+            raise DatabaseUnavailableError(
+                f"the request to {service} could not be formed (check the ids and the token)") from None
+        except NotSent as error:
+            if not last:
+                _pause(attempt)
+                continue
+            raise DatabaseUnavailableError(f"cannot reach {service} at {host} ({error}); nothing was sent") from None
+        except Lost as error:
+            if repeatable and not last:
+                _pause(attempt)
+                continue
+            if repeatable:
+                raise DatabaseUnavailableError(f"lost the connection to {service} at {host} ({error})") from None
+            raise OutcomeUnknownError(
+                f"lost the connection to {service} at {host} during a write ({error}); "
+                "it may or may not have been applied: check before running it again",
+                reason=str(error)) from None
+        try:
+            return raise_for(answer, host=host, what=what, service=service)
+        except NotExecuted as refused:
+            wait = refused.wait_s if refused.wait_s is not None else _backoff(attempt)
+            if last or wait > MAX_RETRY_AFTER_S:
+                raise RateLimitedError(refused.wait_s) from None
+            if wait > ANNOUNCED_WAIT_S:
+                logger.warning("rate limited by the Cloudflare API: waiting %g s as it asked, then "
+                               "sending again (nothing was executed)", wait)
+            time.sleep(wait)
+        except MayHaveRun as failed:
+            if repeatable and not last:
+                _pause(attempt)
+                continue
+            if repeatable:
+                raise DatabaseUnavailableError(f"{service} failed ({failed})") from None
+            raise OutcomeUnknownError(
+                f"{service} failed during a write ({failed}); it may or may not have been applied: "
+                "check before running it again", reason=str(failed)) from None
 
 
 def _backoff(attempt: int) -> float:

@@ -216,15 +216,7 @@ def _remote_d1(chosen: wrangler.D1Database, data: dict, env: str | None,
             f"{chosen.config_path}: {chosen.label} has no database_id, which a remote target needs",
             config_path=chosen.config_path, database=chosen.label,
         )
-    section = (data.get("env") or {}).get(env, {}) if env else data
-    from_variable = variables.get(ACCOUNT_VARIABLE)
-    account = from_variable or section.get("account_id") or data.get("account_id")
-    if not isinstance(account, str) or not account:
-        raise RemoteSettingError(
-            ACCOUNT_VARIABLE, "missing",
-            f"a remote target needs the account: set {ACCOUNT_VARIABLE} (or account_id in the config)",
-        )
-    check_id(account, "account id", setting=ACCOUNT_VARIABLE if from_variable else "account_id")
+    account = _account(data, env, variables)
     check_id(chosen.database_id, "database_id", setting="database_id")
     base_url = variables.get(BASE_URL_VARIABLE) or DEFAULT_BASE_URL
     host = check_base_url(base_url, BASE_URL_VARIABLE)
@@ -266,3 +258,85 @@ def _shown(path: Path, cwd: Path) -> str:
         return str(path.relative_to(cwd))
     except ValueError:
         return str(path)
+
+
+# -- the bot's Workers KV namespace ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedKV:
+    """Where the bot's KV namespace is: wrangler's local KV state (``root``), or the KV API."""
+
+    description: str
+    namespace_id: str
+    root: Path | None = None  # local: <...>/v3/kv
+    remote: RemoteD1 | None = None  # remote: base_url and account (database_id unused)
+    request: TargetRequest = field(default_factory=TargetRequest, repr=False)
+
+
+def resolve_kv(request: TargetRequest | None = None, *, binding: str = "SESSION_KV",
+               preview: bool | None = None) -> ResolvedKV:
+    """The ``kv_namespaces`` entry bound as ``binding`` in the wrangler project ``request`` is in,
+    by the same rules as D1: its local state unless ``remote``; the same env, config and
+    persist_to. Locally the namespace is the one ``wrangler dev`` binds (preview_id when there
+    is one, else id); remotely the one ``wrangler deploy`` binds (id). ``preview`` True/False
+    chooses preview_id/id instead. Nothing is opened."""
+    request = request or TargetRequest()
+    _refuse_conflicts(TargetRequest(local=request.local, remote=request.remote, persist_to=request.persist_to), ())
+    config = _under(request, request.config) if request.config else wrangler.find_config(_cwd(request))
+    if config is None:
+        raise WranglerConfigNotFoundError(searched_from=_cwd(request), looked_for=wrangler.CONFIG_NAMES,
+                                          needed_by="a KV namespace (kv_namespaces)")
+    if not config.is_file():
+        raise WranglerConfigNotFoundError(path=config)
+    data = wrangler.load_config(config)
+    env = wrangler.chosen_env(request.env, request.variables)
+    namespaces = wrangler.kv_namespaces(config, data, env)
+    chosen = wrangler.select_kv_namespace(namespaces, binding, config, env)
+    if request.remote:
+        from sessionctl.targets.d1_http import DEFAULT_BASE_URL, check_base_url, check_id
+
+        namespace_id = chosen.remote_id(preview)
+        account = _account(data, env, request.variables)
+        base_url = request.variables.get(BASE_URL_VARIABLE) or DEFAULT_BASE_URL
+        host = check_base_url(base_url, BASE_URL_VARIABLE)
+        check_id(namespace_id, "namespace id", setting="kv_namespaces id")
+        return ResolvedKV(f"remote KV {chosen.binding} namespace {namespace_id} via {host}", namespace_id,
+                          remote=RemoteD1(base_url, account, namespace_id, env=env), request=request)
+    namespace_id = chosen.local_id(preview)
+    root = wrangler.kv_local_root(chosen, _under(request, request.persist_to) if request.persist_to else None)
+    return ResolvedKV(f"wrangler local KV {chosen.binding} namespace {namespace_id} at {_shown(root, _cwd(request))}",
+                      namespace_id, root=root, request=request)
+
+
+def open_kv(target: ResolvedKV):
+    """The KV store ``target`` names (a remote one reads CLOUDFLARE_API_TOKEN here)."""
+    request = target.request
+    if target.remote is not None:
+        from sessionctl.targets.d1_http import REQUEST_TIMEOUT_S
+        from sessionctl.targets.kv_http import KVHttpNamespace
+
+        return KVHttpNamespace(base_url=target.remote.base_url, account_id=target.remote.account_id,
+                               namespace_id=target.namespace_id, token=_token(request.variables),
+                               description=target.description,
+                               timeout=REQUEST_TIMEOUT_S if request.timeout is None else request.timeout)
+    from sessionctl.targets.kv_local import LocalKVState
+
+    assert target.root is not None
+    return LocalKVState(target.root, target.namespace_id, description=target.description,
+                        timeout=DEFAULT_TIMEOUT_S if request.timeout is None else request.timeout)
+
+
+def _account(data: dict, env: str | None, variables: Mapping[str, str]) -> str:
+    from sessionctl.targets.d1_http import check_id
+
+    section = (data.get("env") or {}).get(env, {}) if env else data
+    from_variable = variables.get(ACCOUNT_VARIABLE)
+    account = from_variable or section.get("account_id") or data.get("account_id")
+    if not isinstance(account, str) or not account:
+        raise RemoteSettingError(
+            ACCOUNT_VARIABLE, "missing",
+            f"a remote target needs the account: set {ACCOUNT_VARIABLE} (or account_id in the config)",
+        )
+    check_id(account, "account id", setting=ACCOUNT_VARIABLE if from_variable else "account_id")
+    return account

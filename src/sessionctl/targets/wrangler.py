@@ -9,7 +9,11 @@ No typer/rich here. What wrangler does, checked against the pinned wrangler:
   ``d1_migrations`` for the ledger table;
 - local state: <config dir>/.wrangler/state/v3/d1/miniflare-D1DatabaseObject/<hex>.sqlite
   (or <persist-to>/v3/d1/...), <hex> derived from the database's id like
-  Durable Objects' idFromName.
+  Durable Objects' idFromName;
+- ``kv_namespaces`` (binding, id, preview_id), not inherited either; local KV state:
+  <root>/v3/kv/miniflare-KVNamespaceObject/<hex>.sqlite (its ``_mf_entries``) with each
+  value in <root>/v3/kv/<namespace id>/blobs/<blob id>; ``wrangler dev`` binds preview_id
+  when there is one.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ ENV_VARIABLE = "CLOUDFLARE_ENV"
 
 CONFIG_NAMES = ("wrangler.json", "wrangler.jsonc", "wrangler.toml")
 D1_OBJECT = "miniflare-D1DatabaseObject"
+KV_OBJECT = "miniflare-KVNamespaceObject"
 
 
 @dataclass(frozen=True)
@@ -108,52 +113,118 @@ def chosen_env(option: str | None, environ: Mapping[str, str] | None = None) -> 
     return env or None
 
 
-def d1_databases(config_path: Path, data: dict[str, Any], env: str | None) -> list[D1Database]:
-    """The D1 entries of the top level, or of ``env.NAME`` (not inherited, as in wrangler).
+def _section(config_path: Path, data: dict[str, Any], env: str | None) -> tuple[dict[str, Any], str, str | None]:
+    """The top level, or ``env.NAME`` (bindings are not inherited, as in wrangler): (section, key prefix, env).
 
     As wrangler does: an environment the config does not define is an error when the
     config defines others, and only a warning (the top level is used) when it defines none.
     """
-    section = data
-    prefix = ""
     env = env or None
-    if env is not None:
-        envs = data.get("env") or {}
-        if not isinstance(envs, dict):
-            raise WranglerConfigError(f"{config_path}: env must be a table of environments")
-        if env not in envs and not envs:
-            return d1_databases(config_path, data, None)
-        if env not in envs:
-            raise UnknownEnvironmentError(env, tuple(sorted(envs)), config_path)
-        section = envs[env]
-        prefix = f"env.{env}."
-        if not isinstance(section, dict):
-            raise WranglerConfigError(f"{config_path}: {prefix[:-1]} must be a table")
-    entries = section.get("d1_databases") or []
+    if env is None:
+        return data, "", None
+    envs = data.get("env") or {}
+    if not isinstance(envs, dict):
+        raise WranglerConfigError(f"{config_path}: env must be a table of environments")
+    if env not in envs and not envs:
+        return data, "", None
+    if env not in envs:
+        raise UnknownEnvironmentError(env, tuple(sorted(envs)), config_path)
+    section = envs[env]
+    if not isinstance(section, dict):
+        raise WranglerConfigError(f"{config_path}: env.{env} must be a table")
+    return section, f"env.{env}.", env
+
+
+def _entries(config_path: Path, section: dict[str, Any], prefix: str, key: str,
+             strings: tuple[str, ...]) -> list[dict[str, Any]]:
+    entries = section.get(key) or []
     if not isinstance(entries, list):
-        raise WranglerConfigError(f"{config_path}: {prefix}d1_databases must be a list")
-    folder = config_path.parent
-    databases = []
+        raise WranglerConfigError(f"{config_path}: {prefix}{key} must be a list")
     for index, entry in enumerate(entries):
-        where = f"{config_path}: {prefix}d1_databases[{index}]"
+        where = f"{config_path}: {prefix}{key}[{index}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("binding"), str):
             raise WranglerConfigError(f"{where} has no binding")
-        for key in ("database_name", "database_id", "preview_database_id", "migrations_dir", "migrations_table"):
-            if key in entry and not isinstance(entry[key], str):
-                raise WranglerConfigError(f"{where}.{key} must be a string, got {entry[key]!r}")
-        databases.append(
-            D1Database(
-                binding=entry["binding"],
-                database_name=entry.get("database_name"),
-                database_id=entry.get("database_id"),
-                preview_database_id=entry.get("preview_database_id"),
-                migrations_dir=(folder / entry.get("migrations_dir", "migrations")).resolve(),
-                migrations_table=entry.get("migrations_table", "d1_migrations"),
-                config_path=config_path,
-                env=env,
-            )
+        for name in strings:
+            if name in entry and not isinstance(entry[name], str):
+                raise WranglerConfigError(f"{where}.{name} must be a string, got {entry[name]!r}")
+    return entries
+
+
+def d1_databases(config_path: Path, data: dict[str, Any], env: str | None) -> list[D1Database]:
+    """The D1 entries of the top level, or of ``env.NAME`` (see ``_section``)."""
+    section, prefix, env = _section(config_path, data, env)
+    entries = _entries(config_path, section, prefix, "d1_databases",
+                       ("database_name", "database_id", "preview_database_id", "migrations_dir", "migrations_table"))
+    folder = config_path.parent
+    return [
+        D1Database(
+            binding=entry["binding"],
+            database_name=entry.get("database_name"),
+            database_id=entry.get("database_id"),
+            preview_database_id=entry.get("preview_database_id"),
+            migrations_dir=(folder / entry.get("migrations_dir", "migrations")).resolve(),
+            migrations_table=entry.get("migrations_table", "d1_migrations"),
+            config_path=config_path,
+            env=env,
         )
-    return databases
+        for entry in entries
+    ]
+
+
+@dataclass(frozen=True)
+class KVNamespace:
+    """One ``kv_namespaces`` entry."""
+
+    binding: str
+    id: str | None
+    preview_id: str | None
+    config_path: Path
+    env: str | None
+
+    @property
+    def label(self) -> str:
+        return f"KV binding {self.binding}{' (env ' + self.env + ')' if self.env else ''}"
+
+    def local_id(self, preview: bool | None) -> str:
+        """The namespace id wrangler's local state uses: ``wrangler dev`` binds preview_id when
+        there is one, else id (``preview`` None); True/False choose preview_id/id as
+        ``wrangler kv key --preview``/``--preview false`` do."""
+        return self._chosen(preview if preview is not None else bool(self.preview_id))
+
+    def remote_id(self, preview: bool | None) -> str:
+        """The namespace id ``wrangler deploy`` binds (id), or preview_id with ``preview``."""
+        return self._chosen(bool(preview))
+
+    def _chosen(self, preview: bool) -> str:
+        chosen = self.preview_id if preview else self.id
+        if not chosen:
+            field = "preview_id" if preview else "id"
+            raise WranglerConfigError(f"{self.config_path}: {self.label} has no {field}")
+        return chosen
+
+
+def kv_namespaces(config_path: Path, data: dict[str, Any], env: str | None) -> list[KVNamespace]:
+    """The KV entries of the top level, or of ``env.NAME`` (see ``_section``)."""
+    section, prefix, env = _section(config_path, data, env)
+    entries = _entries(config_path, section, prefix, "kv_namespaces", ("id", "preview_id"))
+    return [KVNamespace(entry["binding"], entry.get("id") or None, entry.get("preview_id") or None,
+                        config_path, env) for entry in entries]
+
+
+def select_kv_namespace(namespaces: list[KVNamespace], binding: str, config_path: Path,
+                        env: str | None) -> KVNamespace:
+    where = f"{config_path}" + (f" [env.{env}]" if env else "")
+    found = [n for n in namespaces if n.binding == binding]
+    if not found:
+        have = ", ".join(n.binding for n in namespaces) or "none"
+        raise WranglerConfigError(f"{where} has no kv_namespaces entry bound as {binding} (bindings: {have})")
+    return found[0]
+
+
+def kv_local_root(namespace: KVNamespace, persist_to: Path | None = None) -> Path:
+    """The folder wrangler's local KV state is in (``kv_state_files`` names the files below it)."""
+    root = persist_to.resolve() if persist_to else namespace.config_path.parent / ".wrangler" / "state"
+    return root / "v3" / "kv"
 
 
 def select_database(databases: list[D1Database], name: str | None, config_path: Path, env: str | None) -> D1Database:
