@@ -17,6 +17,7 @@ from sessionctl.cli.options import (
     chosen_format,
 )
 from sessionctl.cli.render import Format, ObjectFormat, render_checks, render_rows
+from sessionctl.enums import FieldCase
 
 
 def migrate(
@@ -132,11 +133,21 @@ def rollback(
         typer.Option("--without-bookmark",
                      help="Remote D1: drop even if no Time Travel bookmark can be taken to undo it"),
     ] = False,
+    to_kv: Annotated[
+        Optional[str],
+        typer.Option("--to-kv", metavar="PREFIX", show_default=False,
+                     help="First export the live sessions into the bot's KV namespace under PREFIX "
+                          "(as `kv export` does; a newer KV value is kept)"),
+    ] = None,
+    kv_binding: Annotated[str, typer.Option("--kv-binding", help="The KV binding for --to-kv")] = "SESSION_KV",
+    kv_case: Annotated[FieldCase, typer.Option("--kv-case", help="Field names of the KV values --to-kv writes")]
+    = FieldCase.CAMEL,
 ) -> None:
     """Back up every session, then run the seed's rollback (drop table and index, unrecord 003).
 
-    On remote D1 a Time Travel bookmark is taken before anything is dropped, and the
-    command that restores it is printed and written beside the backup.
+    With --to-kv the live sessions go back into KV first, for the KV-era code. On remote
+    D1 a Time Travel bookmark is taken before anything is dropped, and the command that
+    restores it is printed and written beside the backup.
     """
     from sessionctl.backup import default_backup_path
     from sessionctl.cli.context import confirm_or_refuse
@@ -156,7 +167,13 @@ def rollback(
         print(f"nothing to roll back: no server_sessions table and {MIGRATION_NAME} is not in the ledger")
         return
     backup_path = None if no_backup else (backup or default_backup_path())
+    if to_kv is not None:
+        from sessionctl.kv_sessions import check_prefix
+
+        check_prefix(to_kv)
     if dry_run:
+        if to_kv is not None and plan.table_exists:
+            _export_to_kv(settings, db, to_kv, kv_binding, kv_case, dry_run=True)
         if plan.table_exists:
             where = f"to {backup_path}" if backup_path else "(no backup: --no-backup)"
             print(f"would back up {plan.rows} rows {where}")
@@ -174,8 +191,24 @@ def rollback(
         yes,
         "rollback refused, nothing was dropped",
     )
+    if to_kv is not None and plan.table_exists:
+        _export_to_kv(settings, db, to_kv, kv_binding, kv_case, dry_run=False)
     report_rollback(plan, roll_back(db, plan, backup_path, require_bookmark=not without_bookmark,
                                     on_restore_point=report_restore_point))
+
+
+def _export_to_kv(settings: Settings, db, prefix: str, binding: str, case: FieldCase, *, dry_run: bool) -> None:
+    """``kv export`` before the drop: a failure stops the rollback with nothing dropped."""
+    from sessionctl.cli.kv import open_kv
+    from sessionctl.kv_sessions import export_to_kv, summary_lines
+
+    store = open_kv(settings, binding, None)
+    try:
+        result = export_to_kv(db, store, prefix, case=case, dry_run=dry_run)
+    finally:
+        store.close()
+    for line in summary_lines(result, "server_sessions", f"KV {binding}"):
+        print(line, flush=True)
 
 
 def report_restore_point(point) -> None:
