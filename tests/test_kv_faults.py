@@ -1,0 +1,140 @@
+"""kv import/export under faults: hostile values, a writer beside export, a write that fails
+half-way. The local KV state is the format tests/test_kv_cutover.py proves wrangler reads."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+import raw_sqlite
+from sessionctl.errors import DatabaseUnavailableError
+from sessionctl.kv_sessions import export_to_kv, import_from_kv, session_row
+from sessionctl.repository import ServerSession, save_server_session
+from sessionctl.targets.kv_base import KVKey, KVWrite
+from sessionctl.targets.kv_local import LocalKVState, kv_state_files
+
+NS = "0123456789abcdef0123456789abcdef"
+PREFIX = "server_session:"
+
+
+@pytest.fixture
+def db(migrated_db):
+    return migrated_db
+
+
+@pytest.fixture
+def kv(tmp_path: Path):
+    store = LocalKVState(tmp_path / "state" / "v3" / "kv", NS)
+    yield store
+    store.close()
+
+
+def _state(store: LocalKVState) -> list[tuple]:
+    sqlite, blobs = kv_state_files(store.path.parents[1], NS)
+    conn = raw_sqlite.connect(sqlite)
+    try:
+        rows = conn.execute("SELECT key, blob_id, expiration, metadata FROM _mf_entries ORDER BY key").fetchall()
+    finally:
+        conn.close()
+    return [(k, (blobs / b).read_bytes(), e, m) for k, b, e, m in rows]
+
+
+def _blobs(store: LocalKVState) -> list[str]:
+    return sorted(p.name for p in store.blobs.iterdir()) if store.blobs.exists() else []
+
+
+def test_a_value_nested_too_deeply_is_skipped_with_its_reason_not_a_crash():
+    deep = '{"status": "gathering", "collectedInfo": ' + "[" * 5000 + "]" * 5000 + "}"
+    with pytest.raises(ValueError, match=r"^not JSON \(.*nested too deeply"):
+        session_row(KVKey(f"{PREFIX}u", int(time.time()) + 3600), deep.encode(), PREFIX, int(time.time() * 1000))
+
+
+@pytest.mark.parametrize("value, reason", [
+    (b"\xff\xfe not utf-8", "not JSON"),
+    (b'{"status": "gathering", "status": "ordering", "collectedInfo": "text"}', "collectedInfo is a JSON str"),
+    (b'{"status": "gathering", "updatedAt": "yesterday"}', "updatedAt 'yesterday' is not a time"),
+    (b'{"status": "gathering", "updatedAt": true}', "updatedAt is not a time"),
+    (b'{"status": "gathering", "updatedAt": 1e300}', "not a time in milliseconds"),
+    (b'{"status": "gathering", "collectedInfo": {}, "collected_info": {"a": 1}}', "both collectedInfo and collected_info"),
+    (b'{"status": "gathering", "messages": [NaN]}', "not JSON"),
+    (b'{"status": null}', "unknown status None"),
+])
+def test_hostile_values_are_skipped_naming_why(value, reason):
+    with pytest.raises(ValueError) as caught:
+        session_row(KVKey(f"{PREFIX}u", int(time.time()) + 3600), value, PREFIX, int(time.time() * 1000))
+    assert reason in str(caught.value)
+
+
+def test_export_never_overwrites_a_key_the_kv_code_saved_after_it_was_read(db, kv, monkeypatch):
+    now = int(time.time() * 1000)
+    save_server_session(db, "u1", ServerSession(status="ordering"), now=now - 1_000)
+    kv.write([KVWrite(f"{PREFIX}u1", json.dumps({"status": "gathering", "updatedAt": now - 50_000}),
+                      now // 1000 + 3600)])
+    real_values = LocalKVState.values
+
+    def values_then_the_bot_saves(self, keys):
+        found = real_values(self, keys)
+        bot = LocalKVState(self.path.parents[1], NS)  # the KV-era code, writing as miniflare does
+        (current,) = bot.keys(PREFIX)
+        bot.write([KVWrite(f"{PREFIX}u1", '{"status":"completed","updatedAt":1}', now // 1000 + 3600,
+                           replaces=current)])
+        bot.close()
+        return found
+
+    monkeypatch.setattr(LocalKVState, "values", values_then_the_bot_saves)
+    result = export_to_kv(db, kv, PREFIX, now=now)
+
+    assert result.written == []
+    assert [(k.key, k.reason) for k in result.kept] == [(f"{PREFIX}u1", "KV changed while exporting: kept KV's")]
+    assert [row[1] for row in _state(kv)] == [b'{"status":"completed","updatedAt":1}']
+    assert len(_blobs(kv)) == 1  # the blob export placed for it is gone again
+
+
+def test_a_write_that_fails_half_way_leaves_kv_as_it_was_and_no_stray_blob(kv, monkeypatch):
+    kv.write([KVWrite(f"{PREFIX}a", "old", int(time.time()) + 3600, metadata={"m": 1})])
+    before, blobs_before = _state(kv), _blobs(kv)
+    (current,) = kv.keys(PREFIX)
+    real_place = LocalKVState._place_blob
+    placed = []
+
+    def second_fails(self, data):
+        if placed:
+            raise DatabaseUnavailableError("cannot write a value into the blobs folder: No space left on device")
+        placed.append(real_place(self, data))
+        return placed[-1]
+
+    monkeypatch.setattr(LocalKVState, "_place_blob", second_fails)
+    with pytest.raises(DatabaseUnavailableError, match="No space left on device"):
+        kv.write([KVWrite(f"{PREFIX}a", "new", int(time.time()) + 3600, replaces=current),
+                  KVWrite(f"{PREFIX}b", "new", int(time.time()) + 3600)])
+
+    assert _state(kv) == before and _blobs(kv) == blobs_before
+
+
+def test_import_from_a_namespace_wrangler_never_wrote_finds_nothing_and_creates_nothing(db, kv, tmp_path):
+    result = import_from_kv(db, kv, PREFIX)
+    assert result.written == [] and result.skipped == []
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_locked_kv_state_is_reported_as_locked_and_nothing_is_written(db, kv, tmp_path):
+    from sessionctl.errors import DatabaseLockedError
+
+    kv.write([KVWrite(f"{PREFIX}x", "{}", int(time.time()) + 3600)])
+    kv.close()
+    save_server_session(db, "u1", ServerSession(), now=int(time.time() * 1000))
+    holder = raw_sqlite.connect(kv.path)
+    holder.execute("BEGIN IMMEDIATE")
+    store = LocalKVState(kv.path.parents[1], NS, timeout=0.1)
+    blobs_before = _blobs(store)
+    try:
+        with pytest.raises(DatabaseLockedError, match="is locked by another process"):
+            export_to_kv(db, store, PREFIX)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        store.close()
+    assert _blobs(store) == blobs_before
