@@ -43,8 +43,9 @@ $(WRANGLER): tests/wrangler/package.json tests/wrangler/package-lock.json
 	cd $(WRANGLER_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	test -x $@ && touch $@
 
+# Two workers, each test module on one of them (a module's wrangler dev server is started once).
 test: $(STAMP) $(WRANGLER)
-	SESSIONCTL_TEST_WRANGLER=$(abspath $(WRANGLER)) $(BIN)/python -m pytest
+	SESSIONCTL_TEST_WRANGLER=$(abspath $(WRANGLER)) $(BIN)/python -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) $(WRANGLER_DIR) demo .pytest_cache .hypothesis
