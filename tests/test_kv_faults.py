@@ -138,3 +138,19 @@ def test_a_locked_kv_state_is_reported_as_locked_and_nothing_is_written(db, kv, 
         holder.close()
         store.close()
     assert _blobs(store) == blobs_before
+
+
+def test_a_kv_state_file_that_is_not_sqlite_is_one_line_exit_3(tmp_path, cli):
+    (tmp_path / "wrangler.toml").write_text(
+        'name = "bot"\nmain = "i.js"\n[[kv_namespaces]]\nbinding = "SESSION_KV"\nid = "' + NS + '"\n')
+    store = LocalKVState(tmp_path / ".wrangler" / "state" / "v3" / "kv", NS)
+    store.path.parent.mkdir(parents=True)
+    store.path.write_bytes(b"this is not a database" * 100)
+
+    assert cli("--db", tmp_path / "s.db", "migrate").exit_code == 0
+    result = cli("--db", tmp_path / "s.db", "kv", "import", "--prefix", PREFIX)
+
+    assert result.exit_code == 3, result.output
+    (line,) = [l for l in result.stderr.splitlines() if l.startswith("sessionctl: error:")]
+    assert line.startswith(f"sessionctl: error: cannot read {store.path} as wrangler's KV state: ")
+    assert "Traceback" not in result.stderr

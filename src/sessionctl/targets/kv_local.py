@@ -60,11 +60,19 @@ class LocalKVState:
     # -- reading ------------------------------------------------------------------------
 
     def keys(self, prefix: str) -> list[KVKey]:
+        import apsw
+
         if not self.path.exists():
             return []  # wrangler has written nothing to this namespace yet
-        rows = self._db().execute(
-            "SELECT key, blob_id, expiration, metadata FROM _mf_entries "
-            "WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key", (prefix,)).fetchall()
+        try:
+            rows = self._db().execute(
+                "SELECT key, blob_id, expiration, metadata FROM _mf_entries "
+                "WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key", (prefix,)).fetchall()
+        except apsw.BusyError:
+            raise DatabaseLockedError(f"{self.path} is locked by another process (waited {self.timeout:g} s)",
+                                      path=self.path, waited_s=self.timeout) from None
+        except apsw.Error as exc:
+            raise DatabaseUnavailableError(f"cannot read {self.path} as wrangler's KV state: {exc}") from None
         return [KVKey(key, None if expiration is None else int(expiration) // 1000, _metadata(metadata), blob)
                 for key, blob, expiration, metadata in rows]
 
