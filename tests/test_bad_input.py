@@ -301,6 +301,7 @@ def test_an_unexpected_failure_is_one_line_naming_it_a_bug(cli, db_path, migrate
         raise RuntimeError("boom")
 
     monkeypatch.setattr(SqliteFileDatabase, "iter_query", broken)
+    monkeypatch.setattr(SqliteFileDatabase, "query", broken)
     result = cli("--db", db_path, "sessions", "stats")
     assert result.exit_code == 1
     assert_one_error_line(

@@ -31,6 +31,7 @@ from sessionctl.errors import (
     DatabaseUnavailableError,
     NotADatabaseError,
     ReadOnlyDatabaseError,
+    SessionctlError,
     SQLError,
 )
 from sessionctl.targets.base import NO_LIMITS, Result, Row, Statement
@@ -98,7 +99,19 @@ class SqliteFileDatabase:
     # -- reads ---------------------------------------------------------------
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return list(self.iter_query(sql, params))
+        # The agent's get runs here once per message: one fetch, no generator per row.
+        try:
+            cursor = self.conn.execute(sql, tuple(params))
+            try:
+                names = [d[0] for d in cursor.get_description()]
+            except apsw.ExecutionCompleteError:
+                return []  # no row (or a statement that returns none)
+            rows = cursor.fetchall()
+        except UnicodeDecodeError:
+            return list(self._iter_undecodable(sql, params, skip=0))
+        except apsw.Error as exc:
+            raise self._translation(exc) from exc
+        return [dict(zip(names, values)) for values in rows]
 
     def iter_query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Row]:
         names: list[str] | None = None
@@ -240,26 +253,27 @@ class SqliteFileDatabase:
         """Turn APSW's exceptions into sessionctl's typed ones, naming the file."""
         try:
             yield
-        except apsw.ConstraintError as exc:
-            raise ConstraintError(_message(exc)) from exc
-        except (apsw.BusyError, apsw.LockedError) as exc:
-            raise DatabaseLockedError(
+        except apsw.Error as exc:
+            raise self._translation(exc) from exc
+
+    def _translation(self, exc: apsw.Error) -> SessionctlError:
+        if isinstance(exc, apsw.ConstraintError):
+            return ConstraintError(_message(exc))
+        if isinstance(exc, (apsw.BusyError, apsw.LockedError)):
+            return DatabaseLockedError(
                 f"{self.path} is locked by another process (waited {self.timeout:g} s; "
                 f"try again, or {DatabaseLockedError.REMEDY})",
                 path=self.path, waited_s=self.timeout,
-            ) from exc
-        except apsw.ReadOnlyError as exc:
-            raise ReadOnlyDatabaseError(f"{self.path} is read-only ({_message(exc)})") from exc
-        except (apsw.NotADBError, apsw.CorruptError) as exc:
-            raise NotADatabaseError(
-                f"{self.path} is not a usable SQLite database ({_message(exc)})"
-            ) from exc
-        except (apsw.CantOpenError, apsw.IOError, apsw.FullError) as exc:
-            raise DatabaseUnavailableError(f"cannot use {self.path} ({_message(exc)})") from exc
-        except apsw.AuthError as exc:
-            raise SQLError(d1_rules.refusal_message(self.conn) or _message(exc)) from exc
-        except apsw.Error as exc:
-            raise SQLError(_message(exc)) from exc
+            )
+        if isinstance(exc, apsw.ReadOnlyError):
+            return ReadOnlyDatabaseError(f"{self.path} is read-only ({_message(exc)})")
+        if isinstance(exc, (apsw.NotADBError, apsw.CorruptError)):
+            return NotADatabaseError(f"{self.path} is not a usable SQLite database ({_message(exc)})")
+        if isinstance(exc, (apsw.CantOpenError, apsw.IOError, apsw.FullError)):
+            return DatabaseUnavailableError(f"cannot use {self.path} ({_message(exc)})")
+        if isinstance(exc, apsw.AuthError):
+            return SQLError(d1_rules.refusal_message(self.conn) or _message(exc))
+        return SQLError(_message(exc))
 
 
 def _message(exc: BaseException) -> str:
