@@ -276,3 +276,27 @@ def test_delete_with_stdout_redirected_asks_on_the_terminal_and_keeps_the_questi
     assert user_ids(db_path) == ["expired-0000", "live-0001"]
     assert "Delete 1 session(s) (live-0000)" in run.output
     assert out.read_text(encoding="utf-8") == "deleted live-0000\n1 deleted, 0 not found\n"
+
+
+# -- sessions show ----------------------------------------------------------------------------
+
+
+def test_show_on_a_terminal_draws_the_grid_with_rich_and_piped_prints_the_same_lines_plainly(tmp_path):
+    db = tmp_path / "s.db"
+    migrate(db)
+    now = now_ms()
+    insert_rows(db, [{**session_row("tg:[bold]1", now - 1_000), "collected_info": '{"budget": [1, 2]}',
+                      "messages": '{"not": "a list"'}])
+
+    shown = run_on_terminal("--db", db, "sessions", "show", "tg:[bold]1", cwd=tmp_path)
+    piped = subprocess.run([str(SESSIONCTL), "--db", str(db), "sessions", "show", "tg:[bold]1"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+
+    assert shown.returncode == 0 and piped.returncode == 0
+    assert "\x1b[1;31mEXPIRED" in shown.output  # bold red, drawn by rich on the terminal
+    assert "\x1b[" not in piped.stdout  # piped: plain text, no escape codes
+    screen = [line.rstrip() for line in shown.output.replace("\x1b[1;31m", "").replace("\x1b[1m", "")
+              .replace("\x1b[0m", "").replace("\r", "").splitlines() if not line.startswith("sessionctl:")]
+    assert screen == piped.stdout.splitlines()  # the same lines, whoever draws them
+    assert piped.stdout.splitlines()[:2] == ["user_id              tg:[bold]1", "status               gathering  EXPIRED"]
+    assert "MALFORMED JSON (shown raw)" in piped.stdout

@@ -108,6 +108,39 @@ def render_rows(
     return count
 
 
+def render_fields(fields: Sequence[tuple[str, str, str]], out: TextIO | None = None) -> None:
+    """Label / value lines (``sessions show``): each field is (label, text, flag), the flag a
+    warning drawn in bold red after the text ("EXPIRED" on its line; a flag starting with a
+    newline on a line of its own). Texts are shown as they are, never as markup.
+
+    On a terminal rich draws the grid; piped or redirected the same lines are written as plain
+    text (no trailing padding), without importing rich: scripts and cron pay only for what
+    they read.
+    """
+    out = out or sys.stdout
+    if not out.isatty():
+        width = max((len(label) for label, _, _ in fields), default=0) + 2
+        for label, text, flag in fields:
+            first, *rest = (text + ("" if flag.startswith("\n") or not flag else "  ") + flag).split("\n")
+            out.write(f"{label.ljust(width)}{first}".rstrip() + "\n")
+            for line in rest:
+                out.write(f"{' ' * width}{line}".rstrip() + "\n")
+        out.flush()
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for label, text, flag in fields:
+        shown = escape(text)
+        if flag:
+            shown += ("\n" if flag.startswith("\n") else "  ") + f"[bold red]{escape(flag.lstrip(chr(10)))}[/]"
+        grid.add_row(label, shown)
+    console(out).print(grid)
+
+
 def render_object(obj: dict[str, Any], out: TextIO | None = None) -> None:
     from sessionctl.encoding import dumps_for_output
 

@@ -173,37 +173,33 @@ def show(
     if chosen_format(fmt, as_json) is not Format.table:
         render_object(decoded)
         return
-    from rich.markup import escape
-    from rich.table import Table
-
+    from sessionctl.cli.render import render_fields
     from sessionctl.cli.timefmt import absolute, ago, expires
     from sessionctl.encoding import dumps_for_terminal, printable
 
     now = now_ms()
     expired = row["expires_at"] <= now
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
-    grid.add_row("user_id", escape(printable(row["user_id"])))
-    grid.add_row("status", escape(row["status"]) + ("  [bold red]EXPIRED[/]" if expired else ""))
-    grid.add_row("created", f"{absolute(row['created_at'])}  ({ago(row['created_at'], now)})")
-    grid.add_row("updated", f"{absolute(row['updated_at'])}  ({ago(row['updated_at'], now)})")
-    grid.add_row("expires", f"{absolute(row['expires_at'])}  ({expires(row['expires_at'], now)})")
+    fields = [
+        ("user_id", printable(row["user_id"]), ""),
+        ("status", row["status"], "EXPIRED" if expired else ""),
+        ("created", f"{absolute(row['created_at'])}  ({ago(row['created_at'], now)})", ""),
+        ("updated", f"{absolute(row['updated_at'])}  ({ago(row['updated_at'], now)})", ""),
+        ("expires", f"{absolute(row['expires_at'])}  ({expires(row['expires_at'], now)})", ""),
+    ]
     for column in JSON_COLUMNS:
         text = row[column]
         if text is None:
-            shown = "null"
+            fields.append((column, "null", ""))
         elif column in malformed:  # did not decode: show it raw, flagged
-            shown = f"{escape(printable(text))}\n[bold red]MALFORMED JSON[/] (shown raw)"
+            fields.append((column, printable(text), "\nMALFORMED JSON (shown raw)"))
         else:
-            shown = escape(dumps_for_terminal(decoded[column], indent=2))
-        grid.add_row(column, shown)
+            fields.append((column, dumps_for_terminal(decoded[column], indent=2), ""))
     messages = decoded["messages"]
     if isinstance(messages, list):
-        grid.add_row("message count", str(len(messages)))
+        fields.append(("message count", str(len(messages)), ""))
         if messages:
-            grid.add_row("last message", escape(dumps_for_terminal(messages[-1])))
-    console().print(grid)
+            fields.append(("last message", dumps_for_terminal(messages[-1]), ""))
+    render_fields(fields)
 
 
 @app.command()
