@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 Row = dict[str, Any]
 
@@ -123,6 +123,16 @@ class SupportsTimeTravel(Protocol):
 
     def restore_point(self) -> RestorePoint:
         """A bookmark for now; raises when none can be taken."""
+
+
+@runtime_checkable
+class SupportsDeferredCheckpoints(Protocol):
+    """A local file in WAL mode, whose log a long run of short transactions copies back itself."""
+
+    def deferred_checkpoints(self) -> ContextManager[Callable[[], None]]:
+        """While open, this connection's commits never checkpoint the log (a checkpoint run
+        inside a commit makes that transaction long); the function it gives checkpoints
+        (PASSIVE: it neither waits for nor blocks a writer) and is called between transactions."""
 
 
 def sql_literal(value: Any) -> str:

@@ -249,6 +249,23 @@ class SqliteFileDatabase:
         self.conn.close()
 
     @contextmanager
+    def deferred_checkpoints(self) -> Iterator[Callable[[], None]]:
+        """See ``SupportsDeferredCheckpoints``: cleanup's batches stay short, the log stays small."""
+        with self._translated():
+            (previous,) = self.conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+            self.conn.execute("PRAGMA wal_autocheckpoint=0")
+
+        def checkpoint() -> None:
+            with self._translated():
+                self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+        try:
+            yield checkpoint
+        finally:
+            with self._translated():
+                self.conn.execute(f"PRAGMA wal_autocheckpoint={int(previous)}")
+
+    @contextmanager
     def _translated(self) -> Iterator[None]:
         """Turn APSW's exceptions into sessionctl's typed ones, naming the file."""
         try:
