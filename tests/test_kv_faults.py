@@ -154,3 +154,57 @@ def test_a_kv_state_file_that_is_not_sqlite_is_one_line_exit_3(tmp_path, cli):
     (line,) = [l for l in result.stderr.splitlines() if l.startswith("sessionctl: error:")]
     assert line.startswith(f"sessionctl: error: cannot read {store.path} as wrangler's KV state: ")
     assert "Traceback" not in result.stderr
+
+
+def _kv_project(tmp_path: Path, rows: int) -> Path:
+    import subprocess as sp
+
+    from conftest import SESSIONCTL
+    from rows import insert_rows
+
+    (tmp_path / "wrangler.toml").write_text(
+        'name = "bot"\nmain = "i.js"\n[[kv_namespaces]]\nbinding = "SESSION_KV"\nid = "' + NS + '"\n')
+    db = tmp_path / "s.db"
+    done = sp.run([str(SESSIONCTL), "--db", str(db), "migrate"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    now = int(time.time() * 1000)
+    insert_rows(db, [{"user_id": f"u{i:05d}", "status": "gathering", "collected_info": '{"n": %d}' % i,
+                      "messages": "[]", "created_at": now, "updated_at": now, "expires_at": now + 3_000_000}
+                     for i in range(rows)])
+    return db
+
+
+def test_export_killed_at_any_moment_leaves_every_kv_entry_whole_and_finishes_when_run_again(tmp_path):
+    import os
+    import signal
+    import subprocess as sp
+
+    from conftest import SESSIONCTL
+
+    rows = 3_000
+    db = _kv_project(tmp_path, rows)
+    args = [str(SESSIONCTL), "--db", str(db), "kv", "export", "--prefix", PREFIX]
+    store = LocalKVState(tmp_path / ".wrangler" / "state" / "v3" / "kv", NS)
+    outcomes = []
+    for kill_after_blobs in (1, rows // 2, rows):  # placing values; about to commit; committing or done
+        proc = sp.Popen(args, cwd=tmp_path, stdout=sp.PIPE, stderr=sp.PIPE)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and len(_blobs(store)) < kill_after_blobs:
+            assert time.monotonic() < deadline, "export never placed its values"
+            time.sleep(0.001)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+        outcomes.append(proc.returncode)
+        # whatever the moment: every entry names a blob that is there and holds a whole session
+        if store.path.exists():
+            for key, value, expiration, _ in _state(store):
+                assert json.loads(value)["status"] == "gathering" and expiration > 0, key
+    assert -signal.SIGKILL in outcomes, outcomes  # at least one run was really cut short
+
+    again = sp.run(args + ["--format", "json"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    state = _state(store)
+    assert [key for key, *_ in state] == [f"{PREFIX}u{i:05d}" for i in range(rows)]
+    assert [json.loads(value)["collectedInfo"] for _, value, _, _ in state] == [{"n": i} for i in range(rows)]
+    store.close()
