@@ -8,6 +8,7 @@ retry-after, 7429 after execution, 5xx, dropped connections, slow answers).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -171,3 +172,13 @@ def remote(project: Path, d1, runs: list):
         return result
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def token_never_leaks(request: pytest.FixtureRequest, tmp_path: Path):
+    """After every test (autouse where imported): no secret in any run's output, in any file,
+    or in what the worker recorded."""
+    yield
+    worker = request.node.funcargs.get("d1")
+    recorded = json.dumps(worker.stats(), ensure_ascii=False) if worker is not None else ""
+    assert_no_secret(request.node.funcargs.get("runs") or [], tmp_path, recorded)

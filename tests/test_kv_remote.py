@@ -25,6 +25,7 @@ import pytest
 
 from d1_worker_server import D1Worker
 from remote_cli import (  # noqa: F401  (fixtures, found by name)
+    token_never_leaks,
     MINUTE,
     TARGET_PREFIX,
     assert_no_secret,
@@ -47,14 +48,6 @@ KV_LINE = "sessionctl: kv: remote KV SESSION_KV namespace "
 
 # -- fixtures ----------------------------------------------------------------------
 
-
-@pytest.fixture(autouse=True)
-def token_never_leaks(request: pytest.FixtureRequest, tmp_path: Path):
-    """After every test: no secret in any run's output, in any file, or in what the worker recorded."""
-    yield
-    worker = request.node.funcargs.get("d1")
-    recorded = json.dumps(worker.stats(), ensure_ascii=False) if worker is not None else ""
-    assert_no_secret(request.node.funcargs.get("runs") or [], tmp_path, recorded)
 
 
 @pytest.fixture

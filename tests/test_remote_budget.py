@@ -18,6 +18,7 @@ import pytest
 
 from d1_worker_server import D1Worker
 from remote_cli import (  # noqa: F401  (fixtures, found by name)
+    token_never_leaks,
     MINUTE,
     SECRET,
     assert_no_secret,
@@ -43,13 +44,6 @@ MAX_BODY = 1_000_000  # bytes in one request's body
 MAX_ROWS = 10_000  # rows in one answer
 STAGING = "sessionctl_import_"
 
-
-@pytest.fixture(autouse=True)
-def token_never_leaks(request: pytest.FixtureRequest, tmp_path: Path):
-    yield
-    worker = request.node.funcargs.get("d1")
-    recorded = json.dumps(worker.stats(), ensure_ascii=False) if worker is not None else ""
-    assert_no_secret(request.node.funcargs.get("runs") or [], tmp_path, recorded)
 
 
 class Cost:

@@ -30,6 +30,7 @@ from conftest import SESSIONCTL, SESSIONS_MIGRATION, WRANGLER_LEDGER_DDL
 from d1_server import ALLOWED_PRAGMAS, split_sql
 from d1_worker_server import D1Worker
 from remote_cli import (  # noqa: F401  (fixtures, found by name; write_project: used elsewhere)
+    token_never_leaks,
     MINUTE,
     SECRET,
     WRONG_TOKEN,
@@ -54,18 +55,6 @@ from sessionctl.repository import COLUMNS, now_ms
 pytestmark = pytest.mark.wrangler
 
 TRANSACTION_WORDS = {"BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "END"}
-
-
-# -- fixtures ----------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def token_never_leaks(request: pytest.FixtureRequest, tmp_path: Path):
-    """After every test: no secret in any run's output, in any file, or in what the worker recorded."""
-    yield
-    worker = request.node.funcargs.get("d1")
-    recorded = json.dumps(worker.stats(), ensure_ascii=False) if worker is not None else ""
-    assert_no_secret(request.node.funcargs.get("runs") or [], tmp_path, recorded)
 
 
 # -- helpers -----------------------------------------------------------------------
