@@ -56,13 +56,7 @@ def import_(
     """
     from sessionctl.kv_sessions import import_from_kv
 
-    settings: Settings = ctx.obj
-    store = open_kv(settings, binding, preview)
-    try:
-        db = settings.open()
-        result = import_from_kv(db, store, prefix, dry_run=dry_run)
-    finally:
-        store.close()
+    result = _with_both(ctx.obj, binding, preview, lambda db, store: import_from_kv(db, store, prefix, dry_run=dry_run))
     _report(result, fmt, f"KV {binding}", "server_sessions")
 
 
@@ -84,14 +78,18 @@ def export(
     """
     from sessionctl.kv_sessions import export_to_kv
 
-    settings: Settings = ctx.obj
+    result = _with_both(ctx.obj, binding, preview,
+                        lambda db, store: export_to_kv(db, store, prefix, case=case, dry_run=dry_run))
+    _report(result, fmt, "server_sessions", f"KV {binding}")
+
+
+def _with_both(settings: Settings, binding: str, preview: bool | None, work):
+    """``work(db, store)`` with the global options' D1 target and the binding's KV store."""
     store = open_kv(settings, binding, preview)
     try:
-        db = settings.open()
-        result = export_to_kv(db, store, prefix, case=case, dry_run=dry_run)
+        return work(settings.open(), store)
     finally:
         store.close()
-    _report(result, fmt, "server_sessions", f"KV {binding}")
 
 
 def _report(result, fmt: ObjectFormat, source: str, target: str) -> None:
