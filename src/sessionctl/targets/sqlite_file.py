@@ -114,25 +114,24 @@ class SqliteFileDatabase:
         return [dict(zip(names, values)) for values in rows]
 
     def iter_query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Row]:
-        names: list[str] | None = None
+        # One try around the whole walk, not a context manager per row: an export reads
+        # millions of rows through here.
         yielded = 0
-        with self._translated():
+        try:
             cursor = self.conn.execute(sql, tuple(params))
-        while True:
             try:
-                with self._translated():
-                    values = next(cursor, None)
-            except UnicodeDecodeError:
-                # Text that is not valid UTF-8: read the rest with its bytes as surrogate
-                # escapes, so one bad row stops neither a listing nor a backup.
-                yield from self._iter_undecodable(sql, params, skip=yielded)
-                return
-            if values is None:
-                return
-            if names is None:
                 names = [d[0] for d in cursor.get_description()]
-            yielded += 1
-            yield dict(zip(names, values))
+            except apsw.ExecutionCompleteError:
+                return  # no row
+            for values in cursor:
+                yielded += 1
+                yield dict(zip(names, values))
+        except UnicodeDecodeError:
+            # Text that is not valid UTF-8: read the rest with its bytes as surrogate
+            # escapes, so one bad row stops neither a listing nor a backup.
+            yield from self._iter_undecodable(sql, params, skip=yielded)
+        except apsw.Error as exc:
+            raise self._translation(exc) from exc
 
     def _iter_undecodable(self, sql: str, params: Sequence[Any], skip: int) -> Iterator[Row]:
         with self._translated():
