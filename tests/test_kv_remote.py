@@ -385,3 +385,27 @@ def test_importing_250_keys_takes_one_listing_three_bulk_reads_and_a_few_d1_requ
     assert len(lookups) == 1 and lookups[0]["statements"] == math.ceil(250 / 90)
     assert stats["by_status"] == {"200": stats["requests"]}
     assert stats["connections"] == 2  # one kept-alive connection for D1, one for KV
+
+
+# -- rollback --to-kv: the sessions go back to KV before the table is dropped ---------------
+
+
+def test_remote_rollback_to_kv_exports_then_backs_up_then_drops(remote, migrated, project):
+    d1 = migrated
+    now = now_ms()
+    insert_rows(d1, [
+        {"user_id": f"tg:{i}", "status": "selecting", "collected_info": f'{{"i":{i}}}', "last_recommendation": None,
+         "messages": "[]", "created_at": now - 5 * MINUTE, "updated_at": now - MINUTE,
+         "expires_at": now + 50 * MINUTE} for i in range(3)])
+    put_other_prefixes(d1)
+    others_before = {p: kv_snapshot(d1, p) for p in OTHER_PREFIXES}
+
+    done = kv_ok(remote("rollback", "--to-kv", PREFIX, "--yes", "--backup", "b.jsonl"))
+
+    lines = done.stdout.splitlines()
+    assert lines[0] == "exported 3 sessions from server_sessions into KV SESSION_KV"
+    assert "backed up 3 rows to b.jsonl" in lines
+    assert [json.loads(d1.kv_get(f"{PREFIX}tg:{i}"))["collectedInfo"] for i in range(3)] == [{"i": i} for i in range(3)]
+    assert {p: kv_snapshot(d1, p) for p in OTHER_PREFIXES} == others_before
+    assert d1.read("SELECT name FROM sqlite_master WHERE name = 'server_sessions'") == []
+    assert len((project / "b.jsonl").read_text().splitlines()) == 3
