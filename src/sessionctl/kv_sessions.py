@@ -12,8 +12,8 @@ side wins:
   field of the wrong shape is listed with its key and reason and skipped, never guessed.
   expires_at is the key's KV expiration, else updated_at + ``SESSION_TTL_MS``; keys
   already expired are skipped. A D1 row as new as the KV value or newer is kept. Rows
-  go in through the staged import (all or nothing for the live table; the merge itself
-  applies newer-wins again, so a save by the bot meanwhile is never overwritten).
+  go in through the repository's import (staged, all or nothing for the live table; the
+  merge itself applies newer-wins again, so a save by the bot meanwhile is never overwritten).
 - **export** (D1 to KV): every live row, as the value the KV code reads (``camel`` or
   ``snake`` field names), with its remaining lifetime as the KV expiration (rounded up to
   the second). KV refuses lifetimes under 60 s: those are listed and skipped. A KV value
@@ -33,7 +33,7 @@ from typing import Any, Iterable
 from sessionctl import encoding
 from sessionctl.enums import ConflictPolicy, FieldCase
 from sessionctl.errors import UsageError
-from sessionctl.repository import COLUMNS, SESSION_TTL_MS, STATUSES, iter_session_rows, now_ms
+from sessionctl.repository import SESSION_TTL_MS, STATUSES, import_session_rows, iter_session_rows, now_ms
 from sessionctl.targets.base import Database, Statement
 from sessionctl.targets.kv_base import MAX_KEY_BYTES, MIN_TTL_S, KVKey, KVStore, KVWrite
 
@@ -101,8 +101,6 @@ class _SourcedRow(dict):
 
 def import_from_kv(db: Database, store: KVStore, prefix: str, *, dry_run: bool = False,
                    now: int | None = None) -> Transfer:
-    from sessionctl.staged_import import import_staged
-
     prefix = check_prefix(prefix)
     at = now_ms() if now is None else now
     result = Transfer("import", dry_run)
@@ -136,7 +134,7 @@ def import_from_kv(db: Database, store: KVStore, prefix: str, *, dry_run: bool =
         else:
             chosen.append(row)
     if chosen and not dry_run:
-        written, lost = import_staged(db, chosen, ConflictPolicy.NEWER, COLUMNS)
+        written, lost = import_session_rows(db, chosen, ConflictPolicy.NEWER)
         if lost:  # the bot saved some of them between the look and the merge: its rows won
             after = _stored_updated_at(db, [row["user_id"] for row in chosen])
             still = []
