@@ -208,3 +208,22 @@ def test_export_killed_at_any_moment_leaves_every_kv_entry_whole_and_finishes_wh
     assert [key for key, *_ in state] == [f"{PREFIX}u{i:05d}" for i in range(rows)]
     assert [json.loads(value)["collectedInfo"] for _, value, _, _ in state] == [{"n": i} for i in range(rows)]
     store.close()
+
+
+def test_a_value_a_killed_run_left_half_written_is_removed_by_the_next_write(kv, tmp_path):
+    import os
+    import subprocess as sp
+
+    kv.write([KVWrite(f"{PREFIX}a", "{}", int(time.time()) + 3600)])
+    dead = sp.Popen(["true"])
+    dead.wait()  # a process id that no longer exists
+    stale = kv.blobs / f".{'ab' * 40}.{dead.pid}.tmp"
+    stale.write_bytes(b"half a val")
+    mine = kv.blobs / f".{'cd' * 40}.{os.getpid()}.tmp"  # a live writer's: kept
+    mine.write_bytes(b"in flight")
+
+    kv.write([KVWrite(f"{PREFIX}b", "{}", int(time.time()) + 3600)])
+
+    assert not stale.exists() and mine.exists()
+    mine.unlink()
+    assert len(_blobs(kv)) == 2

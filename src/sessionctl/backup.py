@@ -20,6 +20,7 @@ from sessionctl import encoding
 from sessionctl.encoding import dumps_keeping_bytes, stored_bytes
 from sessionctl.errors import BackupError, ImportValidationError
 from sessionctl.names import TABLE
+from sessionctl.processes import process_alive
 from sessionctl.repository import COLUMNS, raw_row_problem
 from sessionctl.targets.base import Row
 
@@ -135,22 +136,12 @@ def _remove_stale_temporaries(path: Path) -> None:
         return
     for name in names:
         match = _TEMPORARY.match(name)
-        if match is None or _alive(int(match.group("pid"))):
+        if match is None or process_alive(int(match.group("pid"))):
             continue
         try:
             os.unlink(path.parent / name)
         except OSError:
             pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # it exists, owned by someone else
-        return True
-    return True
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -20,6 +20,7 @@ row names, which nothing reads.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Iterable
 
 from sessionctl.encoding import dumps_like_json_stringify, loads, stored_bytes
 from sessionctl.errors import DatabaseLockedError, DatabaseUnavailableError
+from sessionctl.processes import process_alive
 from sessionctl.targets.kv_base import KVKey, KVWrite
 from sessionctl.targets.wrangler import KV_OBJECT, durable_object_hex
 
@@ -97,6 +99,7 @@ class LocalKVState:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DatabaseUnavailableError(f"cannot create {self.blobs}: {exc.strerror}") from None
+        _remove_stale_temporaries(self.blobs)
         placed: dict[str, str] = {}
         try:
             for write in writes:
@@ -177,6 +180,26 @@ class LocalKVState:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+_TEMPORARY = re.compile(r"\.[0-9a-f]{80}\.(?P<pid>[0-9]+)\.tmp")
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Values a killed run left half-written (named with its process id): a process that no
+    longer exists will never finish or remove them. (A placed blob no entry names is left:
+    a writer beside this one may be about to commit it.)"""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        match = _TEMPORARY.fullmatch(name)
+        if match is not None and not process_alive(int(match.group("pid"))):
+            try:
+                os.unlink(folder / name)
+            except OSError:
+                pass
 
 
 def _metadata(text: str | None):
