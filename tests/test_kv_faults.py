@@ -12,7 +12,8 @@ import pytest
 import raw_sqlite
 from sessionctl.errors import DatabaseUnavailableError
 from sessionctl.kv_sessions import export_to_kv, import_from_kv, session_row
-from sessionctl.repository import ServerSession, save_server_session
+from sessionctl.repository import ServerSession, get_server_session, save_server_session
+from sessionctl.targets.sqlite_file import open_sqlite_file
 from sessionctl.targets.kv_base import KVKey, KVWrite
 from sessionctl.targets.kv_local import LocalKVState, kv_state_files
 
@@ -227,3 +228,144 @@ def test_a_value_a_killed_run_left_half_written_is_removed_by_the_next_write(kv,
     assert not stale.exists() and mine.exists()
     mine.unlink()
     assert len(_blobs(kv)) == 2
+
+
+# -- what a session is, the same both ways -------------------------------------------------
+
+
+def _kv_session(store: LocalKVState, user: str, value: str, ttl_s: int = 3600) -> None:
+    store.write([KVWrite(f"{PREFIX}{user}", value, int(time.time()) + ttl_s)])
+
+
+def test_export_overwrites_an_older_kv_session_that_has_no_times_dating_it_as_import_does(db, kv):
+    # {"status": ...} alone is a session to import (dated by its expiration less the TTL):
+    # export must not call it "not a session" and keep it over a newer D1 row.
+    _kv_session(kv, "u1", '{"status": "gathering"}', ttl_s=1800)  # saved 30 minutes ago
+    save_server_session(db, "u1", ServerSession(status="ordering"))
+
+    result = export_to_kv(db, kv, PREFIX)
+
+    assert result.written == [f"{PREFIX}u1"] and result.kept == []
+    assert json.loads(_state(kv)[0][1])["status"] == "ordering"
+
+
+@pytest.mark.parametrize("column, stored, reason", [
+    ("collected_info", "[1, 2]", "collected_info is a JSON list, not an object"),
+    ("messages", '{"a": 1}', "messages is a JSON dict, not a list"),
+    # deep enough that reading it back, or writing it again, goes past Python's recursion limit
+    ("collected_info", '{"deep": ' + "[" * 995 + "]" * 995 + "}",
+     ("cannot be written as JSON", "collected_info holds text that is not JSON (JSON nested too deeply")),
+])
+def test_export_skips_a_row_import_could_not_read_back_naming_why(db, kv, column, stored, reason):
+    from rows import insert_rows
+
+    now = int(time.time() * 1000)
+    save_server_session(db, "ok", ServerSession(), now=now)
+    insert_rows(db.path, [{"user_id": "odd", "status": "gathering", "collected_info": "{}", "messages": "[]",
+                           "created_at": now, "updated_at": now, "expires_at": now + 3_000_000, column: stored}])
+
+    result = export_to_kv(db, kv, PREFIX)
+
+    assert result.written == [f"{PREFIX}ok"]
+    assert [(s.key, s.reason.startswith(reason)) for s in result.skipped] == [(f"{PREFIX}odd", True)]
+
+
+def test_export_checks_kv_s_minimum_lifetime_again_just_before_writing(db, kv):
+    now = int(time.time() * 1000)
+    save_server_session(db, "soon", ServerSession(), now=now - 3_600_000 + 65_000)  # 65 s left
+    save_server_session(db, "later", ServerSession(), now=now)
+
+    # planned as if 30 s earlier (a slow read of many rows): 95 s left then, 65 s when written
+    result = export_to_kv(db, kv, PREFIX, now=now - 30_000)
+
+    assert result.written == [f"{PREFIX}later"]
+    assert [s.key for s in result.skipped] == [f"{PREFIX}soon"]
+    assert [key for key, *_ in _state(kv)] == [f"{PREFIX}later"]
+
+
+def test_import_skips_a_value_dated_in_the_future_and_one_too_large_for_d1(db, kv, monkeypatch):
+    from sessionctl.targets.base import Limits
+    from sessionctl.targets.sqlite_file import SqliteFileDatabase
+
+    now = int(time.time() * 1000)
+    _kv_session(kv, "future", json.dumps({"status": "gathering", "updatedAt": now + 3_600_000}))
+    _kv_session(kv, "big", json.dumps({"status": "gathering", "updatedAt": now, "messages": ["x" * 3000]}))
+    _kv_session(kv, "fine", json.dumps({"status": "gathering", "updatedAt": now}))
+    monkeypatch.setattr(SqliteFileDatabase, "limits", Limits(value_bytes=2000))  # as D1's 2 MB, smaller
+
+    result = import_from_kv(db, kv, PREFIX)
+
+    assert result.written == [f"{PREFIX}fine"]
+    assert {s.key: s.reason for s in result.skipped} == {
+        f"{PREFIX}future": f"updatedAt {now + 3_600_000} is in the future",
+        f"{PREFIX}big": "messages is 3,004 bytes; D1 stores at most 2,000 in one value",
+    }
+
+
+def test_import_reads_again_a_key_the_kv_code_replaced_while_it_was_read(db, kv, monkeypatch):
+    now = int(time.time() * 1000)
+    _kv_session(kv, "u1", json.dumps({"status": "gathering", "updatedAt": now - 60_000}))
+    real_values = LocalKVState.values
+    calls = []
+
+    def values_after_the_bot_saved(self, keys):
+        if not calls:  # the bot saves between sessionctl's listing and its read
+            bot = LocalKVState(self.path.parents[1], NS)
+            (current,) = bot.keys(PREFIX)
+            bot.write([KVWrite(f"{PREFIX}u1", json.dumps({"status": "ordering", "updatedAt": now}),
+                               now // 1000 + 3600, replaces=current)])
+            bot.close()
+        calls.append(keys)
+        return real_values(self, keys)
+
+    monkeypatch.setattr(LocalKVState, "values", values_after_the_bot_saved)
+    result = import_from_kv(db, kv, PREFIX)
+
+    assert result.written == [f"{PREFIX}u1"] and result.skipped == []
+    assert get_server_session(db, "u1").status == "ordering"
+
+
+def test_a_key_that_is_not_utf8_in_the_kv_state_is_one_line_exit_3(tmp_path, cli):
+    (tmp_path / "wrangler.toml").write_text(
+        'name = "bot"\nmain = "i.js"\n[[kv_namespaces]]\nbinding = "SESSION_KV"\nid = "' + NS + '"\n')
+    store = LocalKVState(tmp_path / ".wrangler" / "state" / "v3" / "kv", NS)
+    store.write([KVWrite(f"{PREFIX}ok", "{}", int(time.time()) + 3600)])
+    store.close()
+    conn = raw_sqlite.connect(store.path)
+    conn.execute("INSERT INTO _mf_entries VALUES (CAST(? AS TEXT), 'b', NULL, NULL)", (PREFIX.encode() + b"\xff",))
+    conn.close()
+    assert cli("--db", tmp_path / "s.db", "migrate").exit_code == 0
+
+    result = cli("--db", tmp_path / "s.db", "kv", "import", "--prefix", PREFIX)
+
+    assert result.exit_code == 3, result.output
+    assert [l for l in result.stderr.splitlines() if "error" in l] == [
+        l for l in result.stderr.splitlines() if l.startswith(f"sessionctl: error: cannot read {store.path}")]
+
+
+def test_a_namespace_id_that_is_a_path_is_refused_before_anything_is_touched(tmp_path):
+    from sessionctl.errors import WranglerConfigError
+
+    with pytest.raises(WranglerConfigError, match="is not an id Cloudflare uses"):
+        LocalKVState(tmp_path, "../../elsewhere")
+
+
+def test_a_half_way_failure_of_a_kv_write_is_one_line_and_exit_3_from_the_cli(tmp_path, cli, monkeypatch):
+    (tmp_path / "wrangler.toml").write_text(
+        'name = "bot"\nmain = "i.js"\n[[kv_namespaces]]\nbinding = "SESSION_KV"\nid = "' + NS + '"\n')
+    db = tmp_path / "s.db"
+    assert cli("--db", db, "migrate").exit_code == 0
+    handle = open_sqlite_file(db)
+    for i in range(3):
+        save_server_session(handle, f"u{i}", ServerSession())
+    handle.close()
+
+    def disk_full(self, data):
+        raise DatabaseUnavailableError(f"cannot write a value into {self.blobs}: No space left on device")
+
+    monkeypatch.setattr(LocalKVState, "_place_blob", disk_full)
+    result = cli("--db", db, "kv", "export", "--prefix", PREFIX)
+
+    assert result.exit_code == 3 and result.stdout == ""
+    (line,) = [l for l in result.stderr.splitlines() if l.startswith("sessionctl: error:")]
+    assert line.endswith("No space left on device") and "Traceback" not in result.stderr

@@ -20,7 +20,7 @@ from sessionctl import encoding
 from sessionctl.encoding import dumps_keeping_bytes, stored_bytes
 from sessionctl.errors import BackupError, ImportValidationError
 from sessionctl.names import TABLE
-from sessionctl.processes import process_alive
+from sessionctl.processes import remove_stale_temporaries
 from sessionctl.repository import COLUMNS, raw_row_problem
 from sessionctl.targets.base import Row
 
@@ -78,7 +78,7 @@ def write_rows_file(rows: Iterable[Row], path: Path, *, overwrite: bool = False)
         raise BackupError(f"{path} already exists; not overwriting it (choose another file)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(path)
+        remove_stale_temporaries(path.parent, _TEMPORARY)
         fd, tmp_name = tempfile.mkstemp(prefix=_temporary_prefix(path, os.getpid()), dir=path.parent)
     except OSError as exc:
         raise BackupError(f"cannot write {path}: {exc.strerror}") from None
@@ -124,24 +124,7 @@ def _temporary_prefix(path: Path, pid: int) -> str:
 
 
 # ".<file name>.<pid>.<8 characters of mkstemp>": what write_rows_file writes first.
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]{8}$")
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Remove what killed runs left half-written in ``path``'s folder (temporaries named with
-    their process id): a process that no longer exists will never finish or remove them."""
-    try:
-        names = os.listdir(path.parent)
-    except OSError:
-        return
-    for name in names:
-        match = _TEMPORARY.match(name)
-        if match is None or process_alive(int(match.group("pid"))):
-            continue
-        try:
-            os.unlink(path.parent / name)
-        except OSError:
-            pass
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]{8}")
 
 
 def _fsync_folder(folder: Path) -> None:

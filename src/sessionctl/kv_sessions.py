@@ -34,10 +34,12 @@ from sessionctl import encoding
 from sessionctl.enums import ConflictPolicy, FieldCase
 from sessionctl.errors import UsageError
 from sessionctl.repository import SESSION_TTL_MS, STATUSES, import_session_rows, iter_session_rows, now_ms
-from sessionctl.targets.base import Database, Statement
-from sessionctl.targets.kv_base import MAX_KEY_BYTES, MIN_TTL_S, KVKey, KVStore, KVWrite
+from sessionctl.targets.base import Database, Statement, limits_of
+from sessionctl.targets.kv_base import MAX_KEY_BYTES, MAX_VALUE_BYTES, MIN_TTL_S, KVKey, KVStore, KVWrite
 
 LOOKUP_KEYS = 90  # user_ids in one IN (...): D1 binds at most 100 parameters
+CLOCK_SKEW_MS = 5 * 60 * 1000  # a value dated further ahead than this is not believed
+EXPORT_MARGIN_S = 10  # KV's 60 s minimum, checked again just before writing, with this to spare
 
 
 # (snake_case, camelCase) for each field of the old value.
@@ -113,6 +115,12 @@ def import_from_kv(db: Database, store: KVStore, prefix: str, *, dry_run: bool =
         else:
             live.append(key)
     values = store.values(live) if live else {}
+    gone = [key.name for key in live if values.get(key.name) is None]
+    if gone:  # replaced (or deleted) between the listing and the read: list them once more
+        again = {key.name: key for key in store.keys(prefix) if key.name in set(gone)}
+        live = [again.get(key.name, key) for key in live]
+        values.update(store.values(list(again.values())) if again else {})
+    limit = limits_of(db).value_bytes
     rows: list[_SourcedRow] = []
     for key in live:
         value = values.get(key.name)
@@ -121,6 +129,8 @@ def import_from_kv(db: Database, store: KVStore, prefix: str, *, dry_run: bool =
             continue
         try:
             row = session_row(key, value, prefix, at)
+            if limit is not None:
+                _check_size(row, limit)
         except ValueError as exc:
             result.skipped.append(Skipped(key.name, str(exc)))
             continue
@@ -148,8 +158,9 @@ def import_from_kv(db: Database, store: KVStore, prefix: str, *, dry_run: bool =
     return result
 
 
-def session_row(key: KVKey, value: bytes, prefix: str, now: int) -> dict[str, Any]:
-    """The server_sessions row an old KV value stands for; ValueError says why there is none."""
+def session_row(key: KVKey, value: bytes, prefix: str, now: int, *, live_only: bool = True) -> dict[str, Any]:
+    """The server_sessions row an old KV value stands for; ValueError says why there is none
+    (``live_only=False``: an expired session is still read)."""
     user_id = key.name[len(prefix):]
     if not user_id:
         raise ValueError("no user id after the prefix")
@@ -181,8 +192,11 @@ def session_row(key: KVKey, value: bytes, prefix: str, now: int) -> dict[str, An
             expiration_ms - SESSION_TTL_MS if expiration_ms is not None else None)
     if updated is None:
         raise ValueError("no updatedAt, createdAt or KV expiration to date it by")
+    if updated > now + CLOCK_SKEW_MS:
+        # It would win every newer-wins comparison to come, over the D1 code's real saves.
+        raise ValueError(f"updatedAt {updated} is in the future")
     expires = expiration_ms if expiration_ms is not None else updated + SESSION_TTL_MS
-    if expires <= now:
+    if live_only and expires <= now:
         raise ValueError("expired (updatedAt + SESSION_TTL_MS has passed)")
     try:
         return {
@@ -194,6 +208,18 @@ def session_row(key: KVKey, value: bytes, prefix: str, now: int) -> dict[str, An
         }
     except ValueError as exc:
         raise ValueError(f"cannot be stored as JSON ({_short(exc)})") from None
+
+
+def _check_size(row: dict[str, Any], limit: int) -> None:
+    """D1 stores at most ``limit`` bytes in one value and in one row: a larger KV value is skipped."""
+    total = 0
+    for column, value in row.items():
+        size = len(encoding.stored_bytes(value)) if isinstance(value, str) else 8
+        if size > limit:
+            raise ValueError(f"{column} is {size:,} bytes; D1 stores at most {limit:,} in one value")
+        total += size
+    if total > limit:
+        raise ValueError(f"the session is {total:,} bytes; D1 stores at most {limit:,} in one row")
 
 
 _MISSING = object()
@@ -285,25 +311,39 @@ def export_to_kv(db: Database, store: KVStore, prefix: str, *, case: FieldCase |
     current = [existing[key] for key, _, _ in planned
                if key in existing and not _expired(existing[key], at)]
     values = store.values(current) if current else {}
+    updated_field = "updatedAt" if case is FieldCase.CAMEL else "updated_at"
     writes: list[KVWrite] = []
     for key, value, expiration in planned:
         there = existing.get(key)
-        if there is not None and not _expired(there, at):
-            old = values.get(key)
-            if old is not None:
-                theirs = _kv_updated_at(old)
-                if theirs is None:
-                    result.kept.append(Skipped(key, "KV holds a value that is not a session; not overwritten"))
-                    continue
-                if theirs >= value["updatedAt" if case is FieldCase.CAMEL else "updated_at"]:
-                    result.kept.append(Skipped(key, _newer("KV", theirs, value["updatedAt" if case is FieldCase.CAMEL else "updated_at"])))
-                    continue
-        writes.append(KVWrite(key, encoding.dumps_like_json_stringify(value), expiration,
-                              there.metadata if there is not None else None, there))
-    changed = [] if dry_run else store.write(writes)
-    for key in changed:
+        live_there = there is not None and not _expired(there, at)
+        if live_there and values.get(key) is not None:
+            theirs = kv_session_updated_at(there, values[key], prefix, at)
+            if theirs is None:
+                result.kept.append(Skipped(key, "KV holds a value that is not a session; not overwritten"))
+                continue
+            if theirs >= value[updated_field]:
+                result.kept.append(Skipped(key, _newer("KV", theirs, value[updated_field])))
+                continue
+        try:
+            text = encoding.dumps_like_json_stringify(value)
+        except ValueError as exc:
+            result.skipped.append(Skipped(key, f"cannot be written as JSON ({_short(exc)})"))
+            continue
+        if len(encoding.stored_bytes(text)) > MAX_VALUE_BYTES:
+            result.skipped.append(Skipped(key, f"the value is over KV's {MAX_VALUE_BYTES:,} bytes"))
+            continue
+        writes.append(KVWrite(key, text, expiration, there.metadata if live_there else None, there))
+    # The minimum lifetime again, now: reading and planning took time, and KV refuses a whole
+    # request for one value that would live less than a minute.
+    soon = now_ms() / 1000 + MIN_TTL_S + EXPORT_MARGIN_S
+    for write in [w for w in writes if w.expiration < soon]:
+        left = max(0, round(write.expiration - now_ms() / 1000))
+        result.skipped.append(Skipped(write.key, f"expires in {left} s; KV keeps nothing for under {MIN_TTL_S} s"))
+    writes = [w for w in writes if w.expiration >= soon]
+    changed = set([] if dry_run else store.write(writes))
+    for key in sorted(changed):
         result.kept.append(Skipped(key, "KV changed while exporting: kept KV's"))
-    result.written = [w.key for w in writes if w.key not in set(changed)]
+    result.written = [w.key for w in writes if w.key not in changed]
     return result
 
 
@@ -321,6 +361,10 @@ def kv_value(row: dict[str, Any], case: FieldCase) -> dict[str, Any]:
             stored = {}
         if snake == "messages" and stored is None:
             stored = []
+        if snake == "collected_info" and not isinstance(stored, dict):
+            raise ValueError(f"collected_info is a JSON {type(stored).__name__}, not an object")
+        if snake == "messages" and not isinstance(stored, list):
+            raise ValueError(f"messages is a JSON {type(stored).__name__}, not a list")
         value[camel if case is FieldCase.CAMEL else snake] = stored
     return value
 
@@ -329,16 +373,10 @@ def _expired(key: KVKey, at: int) -> bool:
     return key.expiration is not None and key.expiration * 1000 <= at
 
 
-def _kv_updated_at(value: bytes) -> int | None:
+def kv_session_updated_at(key: KVKey, value: bytes, prefix: str, now: int) -> int | None:
+    """When the KV value under ``key`` was saved, read as import reads it; None if it is not a session."""
     try:
-        data = encoding.loads(value)
-    except (TypeError, ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    try:
-        updated = _time(_field(data, "updated_at", "updatedAt"), "updatedAt")
-        return updated if updated is not None else _time(_field(data, "created_at", "createdAt"), "createdAt")
+        return session_row(key, value, prefix, now, live_only=False)["updated_at"]
     except ValueError:
         return None
 

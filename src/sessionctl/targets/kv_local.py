@@ -14,7 +14,7 @@ For one namespace id, below ``<root>`` (``<config dir>/.wrangler/state/v3/kv`` o
 A write puts the new blobs in place first (each written to a temporary name and renamed),
 then changes the rows in ONE short ``BEGIN IMMEDIATE`` transaction -- only where a key still
 holds what was read -- then deletes the blobs it replaced. A kill leaves at most blobs no
-row names, which nothing reads.
+row names, which nothing reads; a later write removes those an hour old.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Iterable
 
 from sessionctl.encoding import dumps_like_json_stringify, loads, stored_bytes
-from sessionctl.errors import DatabaseLockedError, DatabaseUnavailableError
-from sessionctl.processes import process_alive
+from sessionctl.errors import DatabaseLockedError, DatabaseUnavailableError, WranglerConfigError
+from sessionctl.processes import remove_stale_temporaries
 from sessionctl.targets.kv_base import KVKey, KVWrite
 from sessionctl.targets.wrangler import KV_OBJECT, durable_object_hex
 
@@ -37,6 +37,11 @@ _SCHEMA = (
     "expiration INTEGER, metadata TEXT)",
     "CREATE INDEX IF NOT EXISTS _mf_entries_expiration_idx ON _mf_entries(expiration)",
 )
+
+
+_NAMESPACE_ID = re.compile(r"[A-Za-z0-9-]+")
+_BLOB_ID = re.compile(r"[0-9a-f]{80}")
+ORPHAN_AGE_S = 3600
 
 
 def kv_state_files(root: Path, namespace_id: str) -> tuple[Path, Path]:
@@ -50,6 +55,9 @@ def new_blob_id() -> str:
 
 class LocalKVState:
     def __init__(self, root: Path, namespace_id: str, *, timeout: float = 5.0, description: str | None = None):
+        if not _NAMESPACE_ID.fullmatch(namespace_id):  # it names a folder: never a path of its own
+            raise WranglerConfigError(f"the KV namespace id {namespace_id!r} is not an id Cloudflare uses "
+                                      "(letters, digits and -)")
         self.path, self.blobs = kv_state_files(root, namespace_id)
         self.namespace_id = namespace_id
         self.timeout = timeout
@@ -73,7 +81,7 @@ class LocalKVState:
         except apsw.BusyError:
             raise DatabaseLockedError(f"{self.path} is locked by another process (waited {self.timeout:g} s)",
                                       path=self.path, waited_s=self.timeout) from None
-        except apsw.Error as exc:
+        except (apsw.Error, UnicodeDecodeError) as exc:
             raise DatabaseUnavailableError(f"cannot read {self.path} as wrangler's KV state: {exc}") from None
         return [KVKey(key, None if expiration is None else int(expiration) // 1000, _metadata(metadata), blob)
                 for key, blob, expiration, metadata in rows]
@@ -99,7 +107,7 @@ class LocalKVState:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DatabaseUnavailableError(f"cannot create {self.blobs}: {exc.strerror}") from None
-        _remove_stale_temporaries(self.blobs)
+        remove_stale_temporaries(self.blobs, _TEMPORARY)
         placed: dict[str, str] = {}
         try:
             for write in writes:
@@ -113,7 +121,22 @@ class LocalKVState:
             (self.blobs / placed[key]).unlink(missing_ok=True)
         for blob in replaced:
             (self.blobs / blob).unlink(missing_ok=True)
+        self._remove_orphans()
         return changed
+
+    def _remove_orphans(self) -> None:
+        """Blobs no entry names, placed over ORPHAN_AGE_S ago: a killed writer's (sessionctl's
+        or miniflare's, which both place the blob first). Younger ones may be a live writer's."""
+        import apsw
+
+        try:
+            named = {row[0] for row in self._db().execute("SELECT blob_id FROM _mf_entries")}
+            old = time.time() - ORPHAN_AGE_S
+            for entry in os.scandir(self.blobs):
+                if entry.name not in named and _BLOB_ID.fullmatch(entry.name) and entry.stat().st_mtime < old:
+                    os.unlink(entry.path)
+        except (apsw.Error, OSError):
+            pass  # tidying only: the next write tries again
 
     def _place_blob(self, data: bytes) -> str:
         blob = new_blob_id()
@@ -182,24 +205,8 @@ class LocalKVState:
             self._connection = None
 
 
+# ".<blob id>.<pid>.tmp": a value being written (renamed to its blob id once whole).
 _TEMPORARY = re.compile(r"\.[0-9a-f]{80}\.(?P<pid>[0-9]+)\.tmp")
-
-
-def _remove_stale_temporaries(folder: Path) -> None:
-    """Values a killed run left half-written (named with its process id): a process that no
-    longer exists will never finish or remove them. (A placed blob no entry names is left:
-    a writer beside this one may be about to commit it.)"""
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return
-    for name in names:
-        match = _TEMPORARY.fullmatch(name)
-        if match is not None and not process_alive(int(match.group("pid"))):
-            try:
-                os.unlink(folder / name)
-            except OSError:
-                pass
 
 
 def _metadata(text: str | None):
