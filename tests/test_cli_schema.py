@@ -872,7 +872,7 @@ def test_rollback_replaces_a_copy_a_killed_rollback_left(cli, db_path):
     _migrate(cli, db_path)
     _save_rows(db_path, 3)
     conn = raw_connect(db_path)
-    conn.execute("CREATE TABLE sessionctl_rollback_copy (stale TEXT)")  # left by a kill -9
+    conn.execute("CREATE TABLE sessionctl_rollback_0123456789ab (stale TEXT)")  # left by a kill -9
     conn.close()
     assert cli("--db", db_path, "verify").exit_code == 0  # sessionctl's own table, not the bot's schema
 

@@ -292,7 +292,7 @@ def _staging(facts: Facts) -> list[str]:
     staging tables (sessionctl_import_<run>) and a rollback's copy of the table."""
     return sorted(n for n in facts.objects
                   if n.startswith(("sessionctl_import_", "sqlite_autoindex_sessionctl_import_",
-                                   "sessionctl_rollback_copy", "sqlite_autoindex_sessionctl_rollback_copy")))
+                                   "sessionctl_rollback_", "sqlite_autoindex_sessionctl_rollback_")))
 
 
 def _assert_intact(path: Path, staging_allowed: bool = False) -> Facts:

@@ -320,6 +320,10 @@ def test_rollback_backs_up_takes_a_time_travel_bookmark_then_drops(remote, d1, p
     ]
     note = restore_file.read_text(encoding="utf-8").splitlines()
     assert note[-1] == f"wrangler d1 time-travel restore telegram-conversations --bookmark={bookmark.group(1)}"
+    # the bookmark's moment holds the rollback's copy of the table too: the note names it
+    copy = re.search(r"also holds (sessionctl_rollback_[0-9a-f]{12}), the copy", "\n".join(note)).group(1)
+    assert any(f"CREATE TABLE {copy} " in sql for r in log for sql in r["sql"])
+    assert copy not in names(d1, "table")  # dropped with server_sessions
     taken_at = re.search(r"taken at (\S+),", "\n".join(note)).group(1)
     assert abs(calendar.timegm(time.strptime(taken_at, "%Y-%m-%dT%H:%M:%SZ")) - started) < 60
     # The worker's bookmark for that moment is the one printed: it is what restore would be given.

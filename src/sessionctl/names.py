@@ -11,6 +11,6 @@ CHECKSUM_TABLE = "sessionctl_migration_checksums"
 DEFAULT_DB_FILE = "sessions.db"  # the target when nothing else chooses one
 # An import stages its rows in a table of this name plus a run id, then merges them at once.
 IMPORT_STAGING_PREFIX = "sessionctl_import_"
-# A rollback copies the table here in one statement, backs up the copy, and drops the table
-# only if it still equals the copy, every column of every row.
-ROLLBACK_COPY_TABLE = "sessionctl_rollback_copy"
+# A rollback copies the table into a table of this name plus a run id, backs up the copy,
+# and drops the table only if it still equals the copy, every column of every row.
+ROLLBACK_COPY_PREFIX = "sessionctl_rollback_"

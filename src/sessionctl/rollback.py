@@ -18,7 +18,7 @@ migration whose objects are gone, and never unrecords one whose objects remain.
 - The backup holds every column the table has now (later ones included), and its rows
   restore through ``sessions import``; it is read by key, a page per request on remote D1.
   The backup is written from a copy of the table taken in one transaction
-  (``sessionctl_rollback_copy``), and the drop runs in ONE transaction (on remote D1 one
+  (``sessionctl_rollback_<run>``), and the drop runs in ONE transaction (on remote D1 one
   ``sql`` text, the form D1 documents as atomic) that starts with a guard comparing the
   table with that copy, every column of every row: if anything changed after the copy
   (a save that kept ``updated_at`` included), nothing is dropped. The copy goes with it.
@@ -30,6 +30,7 @@ migration whose objects are gone, and never unrecords one whose objects remain.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -37,7 +38,7 @@ from typing import Callable, Iterator
 from sessionctl.backup import write_rows_file, write_text_file
 from sessionctl.errors import LaterMigrationsError, NoRestorePointError, RollbackError, SessionctlError, SQLError
 from sessionctl.migrations import MigrationEngine, SchemaObject, schema_objects, table_exists
-from sessionctl.names import INDEX, ROLLBACK_COPY_TABLE, SESSIONS_MIGRATION, TABLE
+from sessionctl.names import INDEX, ROLLBACK_COPY_PREFIX, SESSIONS_MIGRATION, TABLE
 from sessionctl.targets.base import Database, RestorePoint, Row, Statement, SupportsTimeTravel
 
 MIGRATION_NAME = SESSIONS_MIGRATION
@@ -46,19 +47,23 @@ SEED_ROLLBACK_SQL = (
     f"DROP INDEX IF EXISTS {INDEX}",
 )
 
-_COPY = ROLLBACK_COPY_TABLE
+def _guard_sql(copy: str) -> str:
+    """Fails the whole transaction (json() of non-JSON raises) unless the table still equals
+    ``copy``, the copy the backup was written from: every column of every row, both ways.
 
-# Fails the whole transaction (json() of non-JSON raises) unless the table still equals the
-# copy the backup was written from: every column of every row, both ways.
-# An INSERT of no row rather than a SELECT: D1 keeps a SELECT that is not the last statement
-# of a text open, and a DROP TABLE after it then fails with "database table is locked".
-_GUARD_SQL = (
-    f"INSERT INTO {TABLE} (user_id) SELECT NULL WHERE "
-    f"CASE WHEN NOT EXISTS (SELECT * FROM {TABLE} EXCEPT SELECT * FROM {_COPY}) "
-    f"AND NOT EXISTS (SELECT * FROM {_COPY} EXCEPT SELECT * FROM {TABLE}) "
-    "THEN 0 ELSE json('server_sessions changed after the backup') END"
-)
-_DROP_COPY = f"DROP TABLE IF EXISTS {_COPY}"
+    An INSERT of no row rather than a SELECT: D1 keeps a SELECT that is not the last statement
+    of a text open, and a DROP TABLE after it then fails with "database table is locked".
+    """
+    return (
+        f"INSERT INTO {TABLE} (user_id) SELECT NULL WHERE "
+        f"CASE WHEN NOT EXISTS (SELECT * FROM {TABLE} EXCEPT SELECT * FROM {copy}) "
+        f"AND NOT EXISTS (SELECT * FROM {copy} EXCEPT SELECT * FROM {TABLE}) "
+        "THEN 0 ELSE json('server_sessions changed after the backup') END"
+    )
+
+
+def _drop(table: str) -> Statement:
+    return Statement(f"DROP TABLE IF EXISTS {table}", repeatable=True)
 
 
 @dataclass
@@ -87,20 +92,25 @@ def _count(db: Database, table: str = TABLE) -> int:
     return db.query(f"SELECT count(*) AS n FROM {table}")[0]["n"]
 
 
-def _copy_statements(db: Database) -> list[Statement]:
-    """Replace any copy a killed rollback left with one of the table now, in one transaction.
+def _copy_statements(db: Database, copy: str) -> list[Statement]:
+    """Drop the copies killed rollbacks left, and copy the table now into ``copy``, in one transaction.
 
     The copy has the table's columns in its order (so ``SELECT *`` of both compare) and
-    user_id as its key (so a remote backup reads it a page at a time by key).
+    user_id as its key (so a remote backup reads it a page at a time by key). A rollback
+    running at the same time loses its copy here, and its guard then drops nothing.
     """
-    info = db.query(f"PRAGMA table_info({TABLE})")
+    info, stale = db.query_many([
+        Statement(f"PRAGMA table_info({TABLE})"),
+        Statement("SELECT name FROM sqlite_master WHERE type = 'table' AND substr(name, 1, ?) = ?",
+                  (len(ROLLBACK_COPY_PREFIX), ROLLBACK_COPY_PREFIX)),
+    ])
     definition = ", ".join(
         f"{_quote(row['name'])} {row['type'] or ''}".rstrip() + (" PRIMARY KEY" if row["name"] == "user_id" else "")
         for row in info)
     return [
-        Statement(_DROP_COPY, repeatable=True),
-        Statement(f"CREATE TABLE {_COPY} ({definition})", repeatable=True),
-        Statement(f"INSERT INTO {_COPY} SELECT * FROM {TABLE}", repeatable=True),
+        *(_drop(_quote(row["name"])) for row in stale),
+        Statement(f"CREATE TABLE {copy} ({definition})", repeatable=True),
+        Statement(f"INSERT INTO {copy} SELECT * FROM {TABLE}", repeatable=True),
     ]
 
 
@@ -217,11 +227,12 @@ def roll_back(db: Database, plan: RollbackPlan, backup_path: Path | None, *, req
     statements = list(plan.statements)
     written = None
     guarded = plan.table_exists and backup_path is not None
+    copy = f"{ROLLBACK_COPY_PREFIX}{secrets.token_hex(6)}"
     if guarded:
-        db.batch(_copy_statements(db))
+        db.batch(_copy_statements(db, copy))
         try:
-            copied = _count(db, _COPY)
-            rows = _all_columns(db, _COPY)
+            copied = _count(db, copy)
+            rows = _all_columns(db, copy)
             try:
                 written = write_rows_file(rows, backup_path)
             finally:
@@ -235,18 +246,19 @@ def roll_back(db: Database, plan: RollbackPlan, backup_path: Path | None, *, req
                 )
             _check_the_backup_restores(db, backup_path)
         except BaseException:
-            _drop_copy_quietly(db)
+            _drop_quietly(db, copy)
             raise
-        statements = [Statement(_GUARD_SQL), *statements, Statement(_DROP_COPY)]
+        statements = [Statement(_guard_sql(copy)), *statements, _drop(copy)]
     try:
-        restore, restore_file = _restore_point(db, backup_path if written is not None else None, require_bookmark)
+        restore, restore_file = _restore_point(db, backup_path if written is not None else None, require_bookmark,
+                                               copy if guarded else None)
         if restore is not None and on_restore_point is not None:
             on_restore_point(restore)
         db.script(statements)
     except SQLError as exc:
-        changed = guarded and _changed_since_the_copy(db)
+        changed = guarded and _changed_since_the_copy(db, copy)
         if guarded:
-            _drop_copy_quietly(db)
+            _drop_quietly(db, copy)
         if changed:
             raise RollbackError(
                 "server_sessions changed while the backup was written; nothing was dropped "
@@ -255,29 +267,29 @@ def roll_back(db: Database, plan: RollbackPlan, backup_path: Path | None, *, req
         raise RollbackError(f"rollback failed, nothing was dropped: {exc}") from exc
     except BaseException:
         if guarded:
-            _drop_copy_quietly(db)
+            _drop_quietly(db, copy)
         raise
     return RollbackOutcome(written, backup_path if written is not None else None, restore, restore_file)
 
 
-def _changed_since_the_copy(db: Database) -> bool:
+def _changed_since_the_copy(db: Database, copy: str) -> bool:
     try:
         return bool(db.query(
-            f"SELECT EXISTS (SELECT * FROM {TABLE} EXCEPT SELECT * FROM {_COPY}) "
-            f"OR EXISTS (SELECT * FROM {_COPY} EXCEPT SELECT * FROM {TABLE}) AS changed")[0]["changed"])
+            f"SELECT EXISTS (SELECT * FROM {TABLE} EXCEPT SELECT * FROM {copy}) "
+            f"OR EXISTS (SELECT * FROM {copy} EXCEPT SELECT * FROM {TABLE}) AS changed")[0]["changed"])
     except SessionctlError:
-        return False
+        return False  # the copy is gone (another rollback): the guard refused for that
 
 
-def _drop_copy_quietly(db: Database) -> None:
+def _drop_quietly(db: Database, copy: str) -> None:
     try:
-        db.batch([Statement(_DROP_COPY, repeatable=True)])
+        db.batch([_drop(copy)])
     except SessionctlError:
-        pass  # the next rollback replaces it; verify and status never count it
+        pass  # the next rollback drops it; verify and status never count it
 
 
-def _restore_point(db: Database, backup_path: Path | None,
-                   required: bool) -> tuple[RestorePoint | None, Path | None]:
+def _restore_point(db: Database, backup_path: Path | None, required: bool,
+                   copy: str | None = None) -> tuple[RestorePoint | None, Path | None]:
     """The bookmark to undo the drop with, written beside the backup; (None, None) locally."""
     if not isinstance(db, SupportsTimeTravel):
         return None, None
@@ -290,15 +302,18 @@ def _restore_point(db: Database, backup_path: Path | None,
     if backup_path is None:
         return point, None
     path = Path(f"{backup_path}.restore.txt")
-    write_text_file(path, restore_note(point, getattr(db, "description", "")))
+    write_text_file(path, restore_note(point, getattr(db, "description", ""), copy))
     return point, path
 
 
-def restore_note(point: RestorePoint, target: str) -> str:
+def restore_note(point: RestorePoint, target: str, copy: str | None = None) -> str:
     """What ``<backup>.restore.txt`` says: where it came from, and the one command that goes back."""
     return (
         f"# sessionctl rollback of {TABLE} on {target}\n"
         f"# Time Travel bookmark taken at {point.taken_at}, after this backup and before anything was dropped.\n"
-        "# This command puts the WHOLE database back to that moment (later writes are undone too):\n"
+        + (f"# The database restored to it also holds {copy}, the copy of {TABLE} the rollback compared with\n"
+           f"# (sessionctl's own, ignored by verify): drop it when you are back, or the next rollback will.\n"
+           if copy else "")
+        + "# This command puts the WHOLE database back to that moment (later writes are undone too):\n"
         f"{point.command}\n"
     )
