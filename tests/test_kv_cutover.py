@@ -236,7 +236,6 @@ def test_export_writes_what_wrangler_and_the_kv_code_read_keeping_newer_kv_value
           last_recommendation={"plan": "B"}, messages=[{"role": "user", "content": "서버 추천"}])
     _save(project, "tg:2", now=now_ms - 120_000, collected_info={"old": True})
     _save(project, "tg:3", now=now_ms - 180_000)
-    _save(project, "tg:short", now=now_ms - SESSION_TTL_MS + 30_000)  # 30 s left: under KV's 60
     project.bulk_put([
         # the KV-era code already saved tg:2 again after that: KV is newer and stays
         {"key": f"{PREFIX}tg:2", "value": _camel("ordering", now_ms - 10_000), "expiration_ttl": 3600},
@@ -247,6 +246,8 @@ def test_export_writes_what_wrangler_and_the_kv_code_read_keeping_newer_kv_value
     ])
     others_before = [entry for entry in project.kv_state() if not entry[0].startswith(PREFIX)]
     kv_tg2 = project.kv_get(f"{PREFIX}tg:2")
+    # saved last, just before the export: 45 s left, under KV's 60 whatever the machine's pace
+    _save(project, "tg:short", now=int(time.time() * 1000) - SESSION_TTL_MS + 45_000)
 
     result = project.transfer("export", "--prefix", PREFIX)
 

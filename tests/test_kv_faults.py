@@ -187,10 +187,11 @@ def test_export_killed_at_any_moment_leaves_every_kv_entry_whole_and_finishes_wh
     args = [str(SESSIONCTL), "--db", str(db), "kv", "export", "--prefix", PREFIX]
     store = LocalKVState(tmp_path / ".wrangler" / "state" / "v3" / "kv", NS)
     outcomes = []
-    for kill_after_blobs in (1, rows // 2, rows):  # placing values; about to commit; committing or done
+    for kill_after_blobs in (1, rows // 2, rows):  # placing values; half placed; all placed, committing
+        before = set(_blobs(store))  # what earlier, killed runs left: not this run's progress
         proc = sp.Popen(args, cwd=tmp_path, stdout=sp.PIPE, stderr=sp.PIPE)
         deadline = time.monotonic() + 60
-        while proc.poll() is None and len(_blobs(store)) < kill_after_blobs:
+        while proc.poll() is None and len(set(_blobs(store)) - before) < kill_after_blobs:
             assert time.monotonic() < deadline, "export never placed its values"
             time.sleep(0.001)
         if proc.poll() is None:

@@ -258,11 +258,17 @@ class SqliteFileDatabase:
             with self._translated():
                 self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
+        restore = f"PRAGMA wal_autocheckpoint={int(previous)}"
         try:
             yield checkpoint
-        finally:
-            with self._translated():
-                self.conn.execute(f"PRAGMA wal_autocheckpoint={int(previous)}")
+        except BaseException:
+            try:  # the error that stopped the run is the one to report
+                self.conn.execute(restore)
+            except apsw.Error:
+                pass
+            raise
+        with self._translated():
+            self.conn.execute(restore)
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
