@@ -337,20 +337,29 @@ def _get_json(url: str) -> Any:
 
 
 @contextmanager
-def running_d1_worker(wrangler: Path, folder: Path, *, token: str | None = None) -> Iterator[D1Worker]:
+def running_d1_worker(wrangler: Path, folder: Path, *, token: str | None = None,
+                      kv_preview_id: str | None = None) -> Iterator[D1Worker]:
     """Copy the worker into ``folder``, serve it, yield a D1Worker once it answers; stop it after.
 
     ``token``: the one the worker accepts (default: a random one), e.g. a distinctive string
-    a test then looks for in every output.
+    a test then looks for in every output. ``kv_preview_id``: give the KV binding this
+    preview_id beside its id (the worker then answers for the id wrangler dev binds, which
+    the test learns from ``kv_namespace_id``).
     """
     project, persist_to, logs = folder / "project", folder / "state", folder / "logs"
     shutil.copytree(WORKER_DIR, project)
     logs.mkdir(parents=True)
-    config = tomllib.loads((project / "wrangler.toml").read_text(encoding="utf-8"))
+    toml = project / "wrangler.toml"
+    config = tomllib.loads(toml.read_text(encoding="utf-8"))
     account_id, database_id = config["vars"]["ACCOUNT_ID"], config["vars"]["DATABASE_ID"]
     kv_namespace_id = config["vars"]["KV_NAMESPACE_ID"]
     assert config["d1_databases"][0]["database_id"] == database_id, "wrangler.toml's two database ids disagree"
     assert config["kv_namespaces"][0]["id"] == kv_namespace_id, "wrangler.toml's two KV namespace ids disagree"
+    if kv_preview_id is not None:
+        text = toml.read_text(encoding="utf-8")
+        text = text.replace(f'KV_NAMESPACE_ID = "{kv_namespace_id}"', f'KV_NAMESPACE_ID = "{kv_preview_id}"')
+        toml.write_text(text + f'preview_id = "{kv_preview_id}"\n', encoding="utf-8")
+        kv_namespace_id = kv_preview_id  # what the worker's binding is, if wrangler dev binds the preview
     token = token or "d1w-" + secrets.token_hex(16)
     if not token.isprintable() or '"' in token or "\\" in token:
         raise ValueError("the token goes into .dev.vars between double quotes: printable, no quote or backslash")

@@ -356,3 +356,23 @@ def test_a_worker_under_wrangler_dev_reads_what_export_wrote_and_import_reads_wh
     assert json.loads(d1_worker.kv_get(f"{PREFIX}tg:w"))["collectedInfo"] == {"from": "d1"}  # through the binding
     assert imported["keys"] == [f"{PREFIX}tg:k"]
     assert {row[0]: row[2] for row in project.rows()} == {"tg:k": '{"from":"kv"}', "tg:w": '{"from":"d1"}'}
+
+
+def test_wrangler_dev_binds_the_preview_namespace_and_import_reads_the_one_it_binds(tmp_path):
+    import tomllib
+
+    from d1_worker_server import WORKER_DIR, running_d1_worker
+
+    production = tomllib.loads((WORKER_DIR / "wrangler.toml").read_text(encoding="utf-8"))["kv_namespaces"][0]["id"]
+    preview = "5e55105e55105e55105e55105e551003"
+    with running_d1_worker(require_wrangler(), tmp_path / "dev", kv_preview_id=preview) as worker:
+        worker.kv_put(f"{PREFIX}tg:dev", _camel("selecting", int(time.time()) * 1000), expiration_ttl=3600)
+        # the Worker's binding wrote into the preview namespace's state, not the id's
+        kv_root = worker.persist_to / "v3" / "kv"
+        assert kv_state_files(kv_root, preview)[0].exists()
+        assert not kv_state_files(kv_root, production)[0].exists()
+        project = _project(tmp_path, kv=f'id = "{production}"\npreview_id = "{preview}"',
+                           persist_to=worker.persist_to)
+
+        assert project.transfer("import", "--prefix", PREFIX, "--no-preview")["written"] == 0
+        assert project.transfer("import", "--prefix", PREFIX)["keys"] == [f"{PREFIX}tg:dev"]
