@@ -12,7 +12,6 @@ from typing import Any, Iterable, Protocol
 # Workers KV's limits, as the pinned wrangler's local KV and the KV API enforce them.
 MAX_KEY_BYTES = 512
 MAX_VALUE_BYTES = 25 * 1024 * 1024
-MAX_METADATA_BYTES = 1024
 MIN_TTL_S = 60  # an expiration must be at least this far in the future
 
 

@@ -270,7 +270,7 @@ class ResolvedKV:
     description: str
     namespace_id: str
     root: Path | None = None  # local: <...>/v3/kv
-    remote: RemoteD1 | None = None  # remote: base_url and account (database_id unused)
+    remote: RemoteD1 | None = None  # remote: base_url, account, and the namespace id in database_id's place
     request: TargetRequest = field(default_factory=TargetRequest, repr=False)
 
 
