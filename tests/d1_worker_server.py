@@ -33,15 +33,11 @@ worker cannot see connections, and a request budget cares about both.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
-import signal
 import socket
 import sqlite3
-import subprocess
 import threading
-import time
 import tomllib
 import urllib.error
 import urllib.parse
@@ -53,13 +49,10 @@ from typing import Any
 
 import pytest
 
-from wrangler_tools import D1_SUBDIR, require_wrangler, wrangler_env
+from wrangler_tools import D1_SUBDIR, LOOPBACK, require_wrangler, wrangler_dev
 
 WORKER_DIR = Path(__file__).resolve().parent / "d1_worker"
-READY_WITHIN_S = 60  # a bound on waiting, never asserted as speed
-STOP_WITHIN_S = 10
 
-_LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
 
 
 class D1WorkerError(Exception):
@@ -122,7 +115,7 @@ class D1Worker:
             headers["authorization"] = f"Bearer {token}"
         request = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
-            with _LOOPBACK.open(request, timeout=30) as response:
+            with LOOPBACK.open(request, timeout=30) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as error:
             with error:
@@ -184,7 +177,7 @@ class D1Worker:
             sent["authorization"] = f"Bearer {token}"
         request = urllib.request.Request(url, data=data, method=method, headers=sent)
         try:
-            response = _LOOPBACK.open(request, timeout=60)
+            response = LOOPBACK.open(request, timeout=60)
         except urllib.error.HTTPError as error:
             response = error
         with response:
@@ -233,7 +226,7 @@ class D1Worker:
         """Delete every key in the namespace (the worker's /__kv/wipe hook, not counted); how many."""
         request = urllib.request.Request(self.direct_url.removesuffix("/client/v4") + "/__kv/wipe",
                                          data=b"", method="POST")
-        with _LOOPBACK.open(request, timeout=60) as response:
+        with LOOPBACK.open(request, timeout=60) as response:
             return json.loads(response.read())["deleted"]
 
     # -- what was served ---------------------------------------------------------------
@@ -241,7 +234,7 @@ class D1Worker:
     def stats(self) -> dict:
         """The worker's counts (see worker.js) plus ``connections``: TCP connections opened to
         base_url since the last reset (``requests`` minus it is how many were reused)."""
-        with _LOOPBACK.open(self.direct_url.removesuffix("/client/v4") + "/__stats", timeout=10) as response:
+        with LOOPBACK.open(self.direct_url.removesuffix("/client/v4") + "/__stats", timeout=10) as response:
             counts = json.loads(response.read())
         counts["connections"] = self._counter.connections
         return counts
@@ -249,7 +242,7 @@ class D1Worker:
     def reset_stats(self) -> None:
         request = urllib.request.Request(self.direct_url.removesuffix("/client/v4") + "/__stats/reset",
                                          data=b"", method="POST")
-        with _LOOPBACK.open(request, timeout=10) as response:
+        with LOOPBACK.open(request, timeout=10) as response:
             response.read()
         self._counter.connections = 0
 
@@ -325,17 +318,6 @@ class _ConnectionCounter:
             self._open.clear()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _get_json(url: str) -> Any:
-    with _LOOPBACK.open(url, timeout=5) as response:
-        return json.loads(response.read())
-
-
 @contextmanager
 def running_d1_worker(wrangler: Path, folder: Path, *, token: str | None = None,
                       kv_preview_id: str | None = None) -> Iterator[D1Worker]:
@@ -369,69 +351,22 @@ def running_d1_worker(wrangler: Path, folder: Path, *, token: str | None = None,
     dev_vars.write_text(f'TOKEN="{token}"\n', encoding="utf-8")
     dev_vars.chmod(0o600)
 
-    port, inspector = _free_port(), _free_port()
-    output = logs / "wrangler-dev.out"
-    with output.open("wb") as sink:
-        proc = subprocess.Popen(
-            [str(wrangler), "dev", "--local", "--ip", "127.0.0.1", "--port", str(port),
-             "--inspector-ip", "127.0.0.1", "--inspector-port", str(inspector),
-             "--persist-to", str(persist_to), "--show-interactive-dev-session=false"],
-            cwd=project, env=wrangler_env(logs), stdin=subprocess.DEVNULL, stdout=sink,
-            stderr=subprocess.STDOUT, start_new_session=True,  # its own group: workerd dies with it
-        )
     counter = None
-    try:
-        _wait_until_ready(proc, f"http://127.0.0.1:{port}/__stats", output)
+    with wrangler_dev(wrangler, project, logs, ready_path="/__stats",
+                      extra=("--persist-to", str(persist_to))) as url:
+        port = int(url.rsplit(":", 1)[1])
         counter = _ConnectionCounter(port)
-        worker = D1Worker(proxy_port=counter.port, direct_port=port, account_id=account_id,
-                          database_id=database_id, kv_namespace_id=kv_namespace_id, token=token,
-                          persist_to=persist_to, counter=counter)
-        # One query makes the D1 database file (it is created on first use), so state_file exists.
-        assert worker.query("SELECT 1 AS ready") == [{"ready": 1}]
-        worker.state_file  # noqa: B018 -- fail here, clearly, if wrangler put it elsewhere
-        worker.reset_stats()
-        yield worker
-        if proc.poll() is not None:
-            pytest.fail("wrangler dev died while the tests ran:\n" + output.read_text(errors="replace"))
-    finally:
-        _end_group(proc)
-        if counter is not None:
+        try:
+            worker = D1Worker(proxy_port=counter.port, direct_port=port, account_id=account_id,
+                              database_id=database_id, kv_namespace_id=kv_namespace_id, token=token,
+                              persist_to=persist_to, counter=counter)
+            # One query makes the D1 database file (it is created on first use), so state_file exists.
+            assert worker.query("SELECT 1 AS ready") == [{"ready": 1}]
+            worker.state_file  # noqa: B018 -- fail here, clearly, if wrangler put it elsewhere
+            worker.reset_stats()
+            yield worker
+        finally:
             counter.close()
-
-
-def _wait_until_ready(proc: subprocess.Popen, url: str, output: Path) -> None:
-    deadline = time.monotonic() + READY_WITHIN_S
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"wrangler dev exited {proc.returncode} before answering:\n"
-                        + output.read_text(errors="replace"))
-        try:
-            _get_json(url)
-            return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"wrangler dev did not answer {url} within {READY_WITHIN_S} s:\n"
-                        + output.read_text(errors="replace"))
-        time.sleep(0.1)
-
-
-def _end_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the whole group (wrangler, esbuild, workerd), then SIGKILL whatever is left."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=STOP_WITHIN_S)
-        except subprocess.TimeoutExpired:
-            continue
-        try:  # the leader is gone; workerd must not outlive it
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        return
 
 
 @pytest.fixture(scope="module")

@@ -27,29 +27,23 @@ statements, limits). Networking is loopback only.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import apsw
 import pytest
 
 from sessionctl import d1_rules
-from wrangler_tools import BOT_TOML, DB_NAME, require_wrangler, wrangler_env
+from wrangler_tools import BOT_TOML, DB_NAME, LOOPBACK, require_wrangler, wrangler_dev, wrangler_env
 
 pytestmark = pytest.mark.wrangler
 
-READY_WITHIN_S = 60  # bounds on waiting, never asserted as speed
 RUN_TIMEOUT_S = 60
 
 # D1's own table, as the pinned wrangler creates it in every local database; created here
@@ -493,15 +487,6 @@ def _rows(cursor: apsw.Cursor) -> list[dict[str, Any]]:
     return rows
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-_LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
-
-
 def make_project(root: Path, worker_js: str = "export default { fetch() { return new Response('ok'); } };\n") -> Path:
     (root / "src").mkdir(parents=True)
     (root / "src" / "index.js").write_text(worker_js, encoding="utf-8")
@@ -541,68 +526,13 @@ def d1(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     with ThreadPoolExecutor(len(CLI_RUNS)) as pool:
         cli = {name: pool.submit(d1_execute, binary, make_project(root / f"cli_{name}"), env, command)
                for name, (command, _) in CLI_RUNS.items()}
-        with wrangler_dev(binary, make_project(root / "dev", WORKER_JS), env, logs) as url:
+        with wrangler_dev(binary, make_project(root / "dev", WORKER_JS), logs) as url:
             probes = [{"id": case.id, "sql": case.sent_to_d1} for case in CASES]
             request = urllib.request.Request(url, data=json.dumps(probes).encode(), method="POST",
                                              headers={"content-type": "application/json"})
-            with _LOOPBACK.open(request, timeout=RUN_TIMEOUT_S) as response:
+            with LOOPBACK.open(request, timeout=RUN_TIMEOUT_S) as response:
                 said = json.loads(response.read().decode("utf-8"))
         return {"cases": said, "cli": {name: future.result() for name, future in cli.items()}}
-
-
-@contextmanager
-def wrangler_dev(binary: Path, project: Path, env: dict[str, str], logs: Path) -> Iterator[str]:
-    """`wrangler dev --local` on loopback; yields its URL once it answers.
-
-    It runs in its own process group, and the whole group (wrangler, esbuild, workerd) is
-    ended afterwards: ending wrangler alone leaves workerd running.
-    """
-    port, inspector = free_port(), free_port()
-    output = logs / "wrangler-dev.out"
-    url = f"http://127.0.0.1:{port}/"
-    with output.open("wb") as sink:
-        proc = subprocess.Popen(
-            [str(binary), "dev", "--local", "--ip", "127.0.0.1", "--port", str(port),
-             "--inspector-ip", "127.0.0.1", "--inspector-port", str(inspector),
-             "--show-interactive-dev-session=false"],
-            cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-            start_new_session=True)
-    try:
-        deadline = time.monotonic() + READY_WITHIN_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"wrangler dev exited {proc.returncode} before answering:\n"
-                            + output.read_text(errors="replace"))
-            try:
-                with _LOOPBACK.open(url, timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"wrangler dev did not answer {url} within {READY_WITHIN_S} s:\n"
-                            + output.read_text(errors="replace"))
-            time.sleep(0.1)
-        yield url
-    finally:
-        _end_group(proc)
-
-
-def _end_group(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            continue
-        try:  # the leader is gone; nothing else of its group (workerd) may outlive it
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        return
 
 
 # -- every rule, both sides ------------------------------------------------------------------

@@ -16,29 +16,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import sqlite3
 import raw_sqlite
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Iterator
 
 import pytest
 
 from conftest import MIGRATIONS_DIR, SESSIONCTL, SESSIONS_MIGRATION
 from sessionctl.repository import SESSION_TTL_MS, ServerSession, SessionStatus, now_ms, save_server_session
 from sessionctl.targets import open_sqlite_file
-from wrangler_tools import BOT_TOML, STATE_DIR, require_wrangler, wrangler_env
+from wrangler_tools import BOT_TOML, LOOPBACK, STATE_DIR, require_wrangler, wrangler_dev
 
 pytestmark = pytest.mark.wrangler
 
-READY_WITHIN_S = 60  # bounds on waiting, never asserted as speed
 RUN_TIMEOUT_S = 60
 
 WRANGLER_TOML = BOT_TOML
@@ -104,80 +98,12 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return proc
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-_LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
-
-
 def http(url: str, body: dict | None = None) -> tuple[int, object]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
                                      headers={"content-type": "application/json"})
-    with _LOOPBACK.open(request, timeout=10) as response:
+    with LOOPBACK.open(request, timeout=10) as response:
         return response.status, json.loads(response.read().decode("utf-8"))
-
-
-@contextmanager
-def wrangler_dev(binary: Path, project: Path, logs: Path) -> Iterator[str]:
-    """`wrangler dev --local` on loopback; yields its URL once GET / answers 200.
-
-    It runs in its own process group, and the whole group (wrangler, esbuild, workerd) is
-    ended afterwards: killing wrangler alone leaves workerd running.
-    """
-    port, inspector = free_port(), free_port()
-    env = wrangler_env(logs)
-    output = logs / "wrangler-dev.out"
-    url = f"http://127.0.0.1:{port}/"
-    with output.open("wb") as sink:
-        proc = subprocess.Popen(
-            [str(binary), "dev", "--local", "--ip", "127.0.0.1", "--port", str(port),
-             "--inspector-ip", "127.0.0.1", "--inspector-port", str(inspector),
-             "--show-interactive-dev-session=false"],
-            cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + READY_WITHIN_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"wrangler dev exited {proc.returncode} before answering:\n"
-                            + output.read_text(errors="replace"))
-            try:
-                status, _ = http(url)
-                if status == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"wrangler dev did not answer {url} within {READY_WITHIN_S} s:\n"
-                            + output.read_text(errors="replace"))
-            time.sleep(0.25)
-        yield url
-        assert proc.poll() is None, "wrangler dev died while the test ran:\n" + output.read_text(errors="replace")
-    finally:
-        _end_group(proc)
-
-
-def _end_group(proc: subprocess.Popen) -> None:
-    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
-        # the leader is gone; make sure nothing else of the group (workerd) outlives it
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        return
 
 
 def raw_session(user_id: str, status: str, expires_at: int, info: dict) -> dict:

@@ -1,9 +1,18 @@
-"""What the wrangler tests share: the pinned binary, its offline environment, the bot's project."""
+"""What the wrangler tests share: the pinned binary, its offline environment, the bot's project,
+and `wrangler dev` on loopback."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -62,3 +71,83 @@ def wrangler_env(logs: Path) -> dict[str, str]:
     env.update(CI="true", WRANGLER_SEND_METRICS="false", WRANGLER_HIDE_BANNER="true",
                CLOUDFLARE_CF_FETCH_ENABLED="false", WRANGLER_LOG_PATH=str(logs))
     return env
+
+
+# -- wrangler dev on loopback ------------------------------------------------------------------
+
+READY_WITHIN_S = 60  # bounds on waiting, never asserted as speed
+STOP_WITHIN_S = 10
+LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def wrangler_dev(binary: Path, project: Path, logs: Path, *, ready_path: str = "/",
+                 extra: Sequence[str] = ()) -> Iterator[str]:
+    """`wrangler dev --local` of ``project`` on loopback (``extra``: more of its options); yields
+    its URL (``http://127.0.0.1:PORT``) once GET ``ready_path`` answers 200. Its output goes to
+    ``logs``/wrangler-dev.out, quoted in any failure.
+
+    It runs in its own process group, and the whole group (wrangler, esbuild, workerd) is ended
+    afterwards: ending wrangler alone leaves workerd running. A server that died while the
+    caller used it fails the test.
+    """
+    port, inspector = free_port(), free_port()
+    output = logs / "wrangler-dev.out"
+    url = f"http://127.0.0.1:{port}"
+    with output.open("wb") as sink:
+        proc = subprocess.Popen(
+            [str(binary), "dev", "--local", "--ip", "127.0.0.1", "--port", str(port),
+             "--inspector-ip", "127.0.0.1", "--inspector-port", str(inspector), *extra,
+             "--show-interactive-dev-session=false"],
+            cwd=project, env=wrangler_env(logs), stdin=subprocess.DEVNULL, stdout=sink,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        _wait_until_ready(proc, url + ready_path, output)
+        yield url
+        if proc.poll() is not None:
+            pytest.fail("wrangler dev died while the test ran:\n" + output.read_text(errors="replace"))
+    finally:
+        _end_group(proc)
+
+
+def _wait_until_ready(proc: subprocess.Popen, url: str, output: Path) -> None:
+    deadline = time.monotonic() + READY_WITHIN_S
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"wrangler dev exited {proc.returncode} before answering:\n"
+                        + output.read_text(errors="replace"))
+        try:
+            with LOOPBACK.open(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"wrangler dev did not answer {url} within {READY_WITHIN_S} s:\n"
+                        + output.read_text(errors="replace"))
+        time.sleep(0.1)
+
+
+def _end_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the whole group, then SIGKILL whatever is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=STOP_WITHIN_S)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the leader is gone; nothing else of its group (workerd) may outlive it
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return
