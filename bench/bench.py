@@ -29,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,30 +149,40 @@ def migrated(path: Path) -> None:
     db.close()
 
 
-def build_table(path: Path, count: int, now: int) -> float:
-    """A migrated file holding ``count`` sessions, by one bulk insert; returns seconds taken.
-
-    The expires_at index is dropped for the insert and re-created from its own CREATE
-    statement (one sort instead of a million random inserts): the schema ends as migrate built it.
-    """
-    start = time.perf_counter()
+@contextmanager
+def bulk_loading(path: Path, source: Path | None = None) -> Iterator[sqlite3.Connection]:
+    """A migrated file at ``path``, open for one fast bulk insert into server_sessions (``source``
+    attached as ``src``). Its indexes are dropped first and re-created from their own CREATE
+    statements afterwards (one sort instead of a million random inserts): the schema ends as
+    migrate built it, in WAL mode."""
     migrated(path)
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=DELETE")
     conn.execute("PRAGMA synchronous=OFF")
     conn.execute("PRAGMA cache_size=-262144")
+    if source is not None:
+        conn.execute("ATTACH ? AS src", (str(source),))
     indexes = conn.execute(
-        "SELECT name, sql FROM sqlite_master WHERE type='index' AND tbl_name='server_sessions' AND sql IS NOT NULL"
-    ).fetchall()
+        "SELECT name, sql FROM main.sqlite_master WHERE type='index' AND tbl_name='server_sessions' "
+        "AND sql IS NOT NULL").fetchall()
     conn.execute("BEGIN")
     for name, _ in indexes:
-        conn.execute(f'DROP INDEX "{name}"')
-    conn.executemany("INSERT INTO server_sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", session_rows(count, now))
+        conn.execute(f'DROP INDEX main."{name}"')
+    yield conn
     for _, sql in indexes:
         conn.execute(sql)
     conn.execute("COMMIT")
+    if source is not None:
+        conn.execute("DETACH src")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.close()
+
+
+def build_table(path: Path, count: int, now: int) -> float:
+    """A migrated file holding ``count`` sessions, by one bulk insert; returns seconds taken."""
+    start = time.perf_counter()
+    with bulk_loading(path) as conn:
+        conn.executemany("INSERT INTO server_sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", session_rows(count, now))
     return time.perf_counter() - start
 
 
@@ -178,32 +190,15 @@ def build_doubled(source: Path, path: Path, shift_ms: int) -> float:
     """``source``'s sessions twice over (the copy under other user ids), every time moved on by
     ``shift_ms`` so the windows hold as of now, in save order: one INSERT ... SELECT."""
     start = time.perf_counter()
-    migrated(path)
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=DELETE")
-    conn.execute("PRAGMA synchronous=OFF")
-    conn.execute("PRAGMA cache_size=-262144")
-    conn.execute("ATTACH ? AS src", (str(source),))
-    indexes = conn.execute(
-        "SELECT name, sql FROM main.sqlite_master WHERE type='index' AND tbl_name='server_sessions' AND sql IS NOT NULL"
-    ).fetchall()
-    conn.execute("BEGIN")
-    for name, _ in indexes:
-        conn.execute(f'DROP INDEX main."{name}"')
     times = "created_at + :shift AS c, updated_at + :shift AS u, expires_at + :shift AS e"
-    conn.execute(
-        f"INSERT INTO main.server_sessions SELECT * FROM ("
-        f" SELECT user_id, status, collected_info, last_recommendation, messages, {times} FROM src.server_sessions"
-        f" UNION ALL SELECT 'tg:9' || substr(user_id, 4), status, collected_info, last_recommendation, messages, {times}"
-        f" FROM src.server_sessions) ORDER BY c",
-        {"shift": shift_ms},
-    )
-    for _, sql in indexes:
-        conn.execute(sql)
-    conn.execute("COMMIT")
-    conn.execute("DETACH src")
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.close()
+    with bulk_loading(path, source) as conn:
+        conn.execute(
+            f"INSERT INTO main.server_sessions SELECT * FROM ("
+            f" SELECT user_id, status, collected_info, last_recommendation, messages, {times} FROM src.server_sessions"
+            f" UNION ALL SELECT 'tg:9' || substr(user_id, 4), status, collected_info, last_recommendation, messages, {times}"
+            f" FROM src.server_sessions) ORDER BY c",
+            {"shift": shift_ms},
+        )
     return time.perf_counter() - start
 
 
