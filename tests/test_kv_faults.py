@@ -370,3 +370,27 @@ def test_a_half_way_failure_of_a_kv_write_is_one_line_and_exit_3_from_the_cli(tm
     assert result.exit_code == 3 and result.stdout == ""
     (line,) = [l for l in result.stderr.splitlines() if l.startswith("sessionctl: error:")]
     assert line.endswith("No space left on device") and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("config, prefix, expected", [
+    ('name = "bot"\nmain = "i.js"\n', PREFIX, "has no kv_namespaces entry bound as SESSION_KV (bindings: none)"),
+    ('name = "bot"\nmain = "i.js"\n[[kv_namespaces]]\nbinding = "SESSION_KV"\nid = "' + NS + '"\n', "",
+     "the KV prefix is empty"),
+])
+def test_rollback_to_kv_that_cannot_export_drops_nothing(tmp_path, cli, config, prefix, expected):
+    (tmp_path / "wrangler.toml").write_text(config)
+    db = tmp_path / "s.db"
+    assert cli("--db", db, "migrate").exit_code == 0
+    handle = open_sqlite_file(db)
+    save_server_session(handle, "u1", ServerSession())
+    handle.close()
+
+    result = cli("--db", db, "rollback", "--to-kv", prefix, "--yes", "--backup", tmp_path / "b.jsonl")
+
+    assert result.exit_code != 0 and "Traceback" not in result.stderr
+    (line,) = [l for l in result.stderr.splitlines() if l.startswith("sessionctl: error:")]
+    assert expected in line
+    assert not (tmp_path / "b.jsonl").exists()
+    conn = raw_sqlite.connect(db)
+    assert conn.execute("SELECT user_id FROM server_sessions").fetchall() == [("u1",)]
+    conn.close()
