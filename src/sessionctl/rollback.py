@@ -39,6 +39,7 @@ from sessionctl.backup import write_rows_file, write_text_file
 from sessionctl.errors import LaterMigrationsError, NoRestorePointError, RollbackError, SessionctlError, SQLError
 from sessionctl.migrations import MigrationEngine, SchemaObject, schema_objects, table_exists
 from sessionctl.names import INDEX, ROLLBACK_COPY_PREFIX, SESSIONS_MIGRATION, TABLE
+from sessionctl.repository import COLUMNS
 from sessionctl.targets.base import Database, RestorePoint, Row, Statement, SupportsTimeTravel
 
 MIGRATION_NAME = SESSIONS_MIGRATION
@@ -88,12 +89,14 @@ class RollbackOutcome:
     restore_file: Path | None = None  # where that command was written (beside the backup)
 
 
-def _count(db: Database, table: str = TABLE) -> int:
-    return db.query(f"SELECT count(*) AS n FROM {table}")[0]["n"]
+def _count(db: Database) -> int:
+    return db.query(f"SELECT count(*) AS n FROM {TABLE}")[0]["n"]
 
 
-def _copy_statements(db: Database, copy: str) -> list[Statement]:
-    """Drop the copies killed rollbacks left, and copy the table now into ``copy``, in one transaction.
+def _copy_statements(db: Database, copy: str) -> tuple[list[Statement], tuple[str, ...]]:
+    """Drop the copies killed rollbacks left, and copy the table now into ``copy``, in one
+    transaction (its last statement's ``changes`` is how many rows were copied); with the
+    table's columns.
 
     The copy has the table's columns in its order (so ``SELECT *`` of both compare) and
     user_id as its key (so a remote backup reads it a page at a time by key). A rollback
@@ -111,7 +114,7 @@ def _copy_statements(db: Database, copy: str) -> list[Statement]:
         *(_drop(_quote(row["name"])) for row in stale),
         Statement(f"CREATE TABLE {copy} ({definition})", repeatable=True),
         Statement(f"INSERT INTO {copy} SELECT * FROM {TABLE}", repeatable=True),
-    ]
+    ], tuple(row["name"] for row in info)
 
 
 def _quote(name: str) -> str:
@@ -184,7 +187,7 @@ def later_migrations(engine: MigrationEngine, applied: list[str]) -> tuple[list[
     return touching, kept
 
 
-def _check_the_backup_restores(db: Database, backup_path: Path) -> None:
+def _check_the_backup_restores(backup_path: Path, extra: tuple[str, ...]) -> None:
     """Read the backup back exactly as ``sessions import`` will, before anything is dropped.
 
     The table accepts values import refuses (an empty user_id, a REAL time written by hand):
@@ -192,11 +195,10 @@ def _check_the_backup_restores(db: Database, backup_path: Path) -> None:
     """
     from sessionctl.backup import read_rows
     from sessionctl.errors import ImportValidationError
-    from sessionctl.repository import extra_columns
 
     try:
         with open(backup_path, encoding="utf-8") as lines:
-            for _ in read_rows(lines, str(backup_path), extra_columns(db)):
+            for _ in read_rows(lines, str(backup_path), extra):
                 pass
     except ImportValidationError as exc:
         reason = str(exc).removesuffix("; nothing was imported")
@@ -229,9 +231,9 @@ def roll_back(db: Database, plan: RollbackPlan, backup_path: Path | None, *, req
     guarded = plan.table_exists and backup_path is not None
     copy = f"{ROLLBACK_COPY_PREFIX}{secrets.token_hex(6)}"
     if guarded:
-        db.batch(_copy_statements(db, copy))
+        statements_to_copy, columns = _copy_statements(db, copy)
+        copied = db.batch(statements_to_copy)[-1].changes
         try:
-            copied = _count(db, copy)
             rows = _all_columns(db, copy)
             try:
                 written = write_rows_file(rows, backup_path)
@@ -244,7 +246,7 @@ def roll_back(db: Database, plan: RollbackPlan, backup_path: Path | None, *, req
                     f"backup {backup_path} holds {written} rows but the table had {copied}; "
                     "nothing was dropped, run rollback again"
                 )
-            _check_the_backup_restores(db, backup_path)
+            _check_the_backup_restores(backup_path, tuple(c for c in columns if c not in COLUMNS))
         except BaseException:
             _drop_quietly(db, copy)
             raise
